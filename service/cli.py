@@ -1,0 +1,47 @@
+"""Command-line entry point: ``hubless <command>``.
+
+Each command lives next to the code it drives and registers itself here, so this module stays a
+thin dispatcher: ``serve`` (the HTTP service), ``build-dataset`` (real embeddings from WordNet),
+``evaluate`` and ``tune`` (retrieval quality and hubness on a dataset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# module path -> each module defines ``register(subparsers)`` adding its sub-command(s), whose
+# parsers set ``func`` to a callable taking the parsed namespace and returning an exit code.
+COMMAND_MODULES = (
+    "service.commands.serve",
+    "service.datasets.commands",
+    "service.evaluation.commands",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hubless",
+        description="Hubness-aware embedding retrieval as a service (InvGC, DBNorm).",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:  # a command whose module is not written yet
+            if exc.name != module_name:
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
