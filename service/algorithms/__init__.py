@@ -1,0 +1,58 @@
+"""Pure numpy algorithms: InvGC, DBNorm and friends, hubness metrics. No I/O, no web.
+
+The public names are re-exported here; see each module's docstring for the maths.
+"""
+
+from service.algorithms.invgc import InvGCParams, invgc_adjust
+from service.algorithms.metrics import (
+    Degeneration,
+    HubnessReport,
+    RetrievalReport,
+    degeneration,
+    hubness,
+    k_occurrence,
+    retrieval_quality,
+)
+from service.algorithms.normalisers import (
+    METHODS,
+    NORMALISERS,
+    Normaliser,
+    QueryPlan,
+    get_normaliser,
+)
+from service.algorithms.scoring import dense_scores, plan_queries, ranks_of, search, top1_raw
+from service.algorithms.stats import STAT_COLUMNS, BankTopK, NormParams, item_stats
+from service.algorithms.validation import InputError, check_embeddings
+from service.algorithms.views import Banks, GalleryView, PreparedItems, prepare_items
+
+__all__ = [
+    "METHODS",
+    "NORMALISERS",
+    "STAT_COLUMNS",
+    "BankTopK",
+    "Banks",
+    "Degeneration",
+    "GalleryView",
+    "HubnessReport",
+    "InputError",
+    "InvGCParams",
+    "NormParams",
+    "Normaliser",
+    "PreparedItems",
+    "QueryPlan",
+    "RetrievalReport",
+    "check_embeddings",
+    "degeneration",
+    "dense_scores",
+    "get_normaliser",
+    "hubness",
+    "invgc_adjust",
+    "item_stats",
+    "k_occurrence",
+    "plan_queries",
+    "prepare_items",
+    "ranks_of",
+    "retrieval_quality",
+    "search",
+    "top1_raw",
+]

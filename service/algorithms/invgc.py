@@ -1,0 +1,118 @@
+"""InvGC: inverse graph convolution on gallery embeddings (arXiv 2310.13276).
+
+Each gallery item is pushed away from its neighbours in a bank X (N×d), with rate r:
+
+- full adjacency: ``m_X(g) = normalize(g − (r/N) · (S[g] − mean(S)) X)``, ``S = G Xᵀ``;
+- LocalAdj: keep only the K = max(1, floor(pool_rate·N)) largest raw similarities of the row
+  (no centring): ``m_X(g) = normalize(g − (r/K) · Σ_{b in top-K} s(g,b) b)``.
+
+Both banks are used and averaged: ``g' = normalize(0.5 m_BG(g) + 0.5 m_BQ(g))``. Queries are
+never changed.
+
+Full adjacency never needs S: ``(S[g] − μ) X = g (XᵀX) − μ Σ_b b`` and
+``μ = mean(S) = mean(G) · mean(X)``, so each item costs O(d²) given the bank's d×d Gram
+matrix, and the only coupling between gallery items is the gallery mean vector (pass it as
+``gallery_mean`` to adjust a batch of new items exactly as the whole gallery would be).
+LocalAdj items are independent of each other: a batch alone equals the batch within the gallery.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from service.algorithms.scan import scan_bank
+from service.algorithms.validation import InputError, check_non_negative
+
+Adjacency = Literal["local", "full"]
+
+
+@dataclass(frozen=True)
+class InvGCParams:
+    """InvGC parameters, validated on construction.
+
+    r_gallery_bank / r_query_bank: push rates against the gallery bank and the query bank (≥ 0).
+    pool_rate: LocalAdj share of the bank kept as neighbours, in (0, 1].
+    adjacency: "local" (LocalAdj, the default: items independent) or "full".
+    """
+
+    r_gallery_bank: float = 0.2
+    r_query_bank: float = 0.2
+    pool_rate: float = 0.01
+    adjacency: Adjacency = "local"
+
+    def __post_init__(self) -> None:
+        check_non_negative("r_gallery_bank", self.r_gallery_bank)
+        check_non_negative("r_query_bank", self.r_query_bank)
+        if not (isinstance(self.pool_rate, int | float) and 0 < self.pool_rate <= 1):
+            raise InputError("pool_rate", f"expected a number in (0, 1], got {self.pool_rate!r}")
+        if self.adjacency not in ("local", "full"):
+            raise InputError("adjacency", f"expected 'local' or 'full', got {self.adjacency!r}")
+
+    def neighbours(self, bank_size: int) -> int:
+        """K, the LocalAdj neighbour count for a bank of ``bank_size`` items."""
+        return max(1, math.floor(self.pool_rate * bank_size))
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, np.finfo(x.dtype).tiny)
+
+
+def push_local(items: np.ndarray, neighbour_sum: np.ndarray, rate: float, k: int) -> np.ndarray:
+    """``m_X`` for LocalAdj given ``Σ_{top-K} s·b`` (from :func:`scan_bank`)."""
+    return _normalize(items - (rate / k) * neighbour_sum)
+
+
+def push_full(
+    items: np.ndarray, bank: np.ndarray, rate: float, gallery_mean: np.ndarray
+) -> np.ndarray:
+    """``m_X`` for full adjacency via the bank's Gram matrix (no n×N matrix)."""
+    n_bank = bank.shape[0]
+    bank_sum = bank.sum(axis=0)
+    mu = float(gallery_mean @ bank_sum) / n_bank  # mean(S) = mean(G)·mean(X)
+    centred = items @ (bank.T @ bank) - mu * bank_sum
+    return _normalize(items - (rate / n_bank) * centred)
+
+
+def combine(m_gallery_bank: np.ndarray, m_query_bank: np.ndarray) -> np.ndarray:
+    """``g' = normalize(0.5·m_BG + 0.5·m_BQ)``."""
+    return _normalize(0.5 * m_gallery_bank + 0.5 * m_query_bank)
+
+
+def invgc_adjust(
+    items: np.ndarray,
+    query_bank: np.ndarray,
+    gallery_bank: np.ndarray,
+    params: InvGCParams,
+    *,
+    gallery_mean: np.ndarray | None = None,
+    neighbour_sums: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """InvGC-adjusted copies of ``items`` (n×d, normalised), unit length, same dtype.
+
+    gallery_mean: (d,) mean of the whole normalised gallery, for full adjacency on a batch
+    (defaults to the mean of ``items``, i.e. items are the whole gallery). Ignored by LocalAdj.
+    neighbour_sums: LocalAdj's (query bank, gallery bank) neighbour sums if a scan already
+    computed them (see :func:`service.algorithms.scan.scan_bank`); computed here otherwise.
+    """
+    banks = {
+        "query": (query_bank, params.r_query_bank),
+        "gallery": (gallery_bank, params.r_gallery_bank),
+    }
+    pushed = {}
+    for name, (bank, rate) in banks.items():
+        if params.adjacency == "full":
+            mean = items.mean(axis=0) if gallery_mean is None else gallery_mean
+            pushed[name] = push_full(items, bank, rate, mean.astype(items.dtype))
+            continue
+        k = params.neighbours(bank.shape[0])
+        if neighbour_sums is None:
+            near = scan_bank(items, bank, neighbour_k=k).neighbour_sum
+        else:
+            near = neighbour_sums[0 if name == "query" else 1]
+        pushed[name] = push_local(items, near, rate, k)
+    return combine(pushed["gallery"], pushed["query"])

@@ -1,0 +1,149 @@
+"""Hubness, degeneration and retrieval-quality metrics (SPEC.md, "Hubness metrics").
+
+Hubness is measured on k-occurrence ``N_k(g)``: how many probe queries have gallery item g in
+their top-k, over **all** gallery items (zeros included). Each report carries its denominators
+(k, number of probes, gallery size) so a figure is never shown without what it was computed on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from service.algorithms.blocks import block_rows, row_blocks
+
+
+def k_occurrence(topk_rows: np.ndarray, n: int) -> np.ndarray:
+    """(n,) int64 k-occurrence from an (m, k) matrix of gallery rows (each probe's top-k)."""
+    return np.bincount(topk_rows.ravel(), minlength=n).astype(np.int64)
+
+
+def skewness(x: np.ndarray) -> float:
+    """Sample skewness, Fisher, biased (scipy.stats.skew's default); 0 for a constant sample."""
+    x = np.asarray(x, dtype=np.float64)
+    centred = x - x.mean()
+    m2 = np.mean(centred**2)
+    if m2 <= 0:
+        return 0.0
+    return float(np.mean(centred**3) / m2**1.5)
+
+
+def robin_hood(x: np.ndarray) -> float:
+    """Share of occurrences to move to equalise: ``0.5 Σ|x − mean| / Σx`` (0 when Σx = 0)."""
+    x = np.asarray(x, dtype=np.float64)
+    total = x.sum()
+    return float(0.5 * np.abs(x - x.mean()).sum() / total) if total > 0 else 0.0
+
+
+def gini(x: np.ndarray) -> float:
+    """Gini coefficient ``Σ_i Σ_j |x_i − x_j| / (2 n Σx)``, via the sorted form in O(n log n)."""
+    x = np.sort(np.asarray(x, dtype=np.float64))
+    n, total = x.size, x.sum()
+    if n == 0 or total <= 0:
+        return 0.0
+    ranks = np.arange(1, n + 1)
+    return float(np.sum((2 * ranks - n - 1) * x) / (n * total))
+
+
+@dataclass(frozen=True)
+class HubnessReport:
+    """Hubness of one k-occurrence distribution, with its denominators.
+
+    skewness, robin_hood, gini: over all ``gallery_size`` items. antihub_rate: share of gallery
+    items never in a top-k. hub_occurrence: share of the ``probes·k`` top-k slots taken by hubs
+    (items with N_k ≥ 2k). max_occurrence_ratio: max N_k / probes.
+    """
+
+    k: int
+    probes: int
+    gallery_size: int
+    skewness: float
+    robin_hood: float
+    gini: float
+    antihub_rate: float
+    hub_occurrence: float
+    max_occurrence_ratio: float
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def hubness(occurrence: np.ndarray, k: int, probes: int) -> HubnessReport:
+    """All SPEC hubness metrics of a k-occurrence vector (n,) from ``probes`` queries."""
+    n = occurrence.size
+    slots = probes * k
+    hubs = occurrence >= 2 * k
+    return HubnessReport(
+        k=k,
+        probes=probes,
+        gallery_size=n,
+        skewness=skewness(occurrence),
+        robin_hood=robin_hood(occurrence),
+        gini=gini(occurrence),
+        antihub_rate=float(np.mean(occurrence == 0)) if n else 0.0,
+        hub_occurrence=float(occurrence[hubs].sum() / slots) if slots else 0.0,
+        max_occurrence_ratio=float(occurrence.max() / probes) if probes and n else 0.0,
+    )
+
+
+@dataclass(frozen=True)
+class Degeneration:
+    """Δdeg: mean over items of the similarity to their nearest *other* gallery item.
+
+    items: how many gallery items the mean is over (all, or a seeded sample of them), each
+    compared with the whole gallery of ``gallery_size``.
+    """
+
+    value: float
+    items: int
+    gallery_size: int
+
+
+def degeneration(gallery: np.ndarray, *, sample: int | None = None, seed: int = 0) -> Degeneration:
+    """Δdeg of a normalised gallery (n, d), blocked; ``sample`` limits the items averaged over
+    (O(sample·n·d) instead of O(n²·d)) for large galleries."""
+    n = gallery.shape[0]
+    if n < 2:
+        return Degeneration(0.0, n, n)
+    rows = np.arange(n)
+    if sample is not None and sample < n:
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
+    nearest = np.empty(rows.size, np.float64)
+    for sl in row_blocks(rows.size, block_rows(n, gallery.dtype.itemsize)):
+        sims = gallery[rows[sl]] @ gallery.T
+        sims[np.arange(sims.shape[0]), rows[sl]] = -np.inf  # never the item itself
+        nearest[sl] = sims.max(axis=1)
+    return Degeneration(float(nearest.mean()), int(rows.size), n)
+
+
+@dataclass(frozen=True)
+class RetrievalReport:
+    """Retrieval quality from the 1-based rank of each query's true item."""
+
+    queries: int
+    r1: float
+    r5: float
+    r10: float
+    median_rank: float
+    mean_rank: float
+    mrr: float
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def retrieval_quality(ranks: np.ndarray) -> RetrievalReport:
+    """R@1/5/10, median and mean rank, MRR from (m,) 1-based ranks."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if ranks.size == 0:
+        raise ValueError("retrieval quality needs at least one ranked query")
+    return RetrievalReport(
+        queries=int(ranks.size),
+        r1=float(np.mean(ranks <= 1)),
+        r5=float(np.mean(ranks <= 5)),
+        r10=float(np.mean(ranks <= 10)),
+        median_rank=float(np.median(ranks)),
+        mean_rank=float(ranks.mean()),
+        mrr=float(np.mean(1.0 / ranks)),
+    )

@@ -1,0 +1,161 @@
+"""Per-gallery-item bank statistics: everything DBNorm, NNN and CSLS need, as columns.
+
+The bias every normaliser adds to ``s(q, g)`` is a linear combination of four numbers per
+gallery item, each depending only on that item and the (fixed) banks:
+
+====================  =====================================================================
+``lme_query_bank``    ``log mean_{b∈BQ} exp(β_q s(b, g))`` = ``log Z_BQ(g) − log |BQ|``
+``lme_gallery_bank``  ``log mean_{b∈BG} exp(β_g s(b, g))`` = ``log Z_BG(g) − log |BG|``
+``nnn_mean``          mean of the ``nnn_topk`` largest ``s(b, g)`` over ``b ∈ BQ``
+``csls_mean``         mean of the ``csls_topk`` largest ``s(b, g)`` over ``b ∈ BQ``
+====================  =====================================================================
+
+Log-mean-exp instead of log Z: the two differ by the constant ``log N`` (same for every item,
+so rankings are unchanged), and dropping it keeps float32 precise when β is tiny; the scorer
+adds the constant back to reported scores. Because a batch's stats never involve other gallery
+items, upserts are exact and cost O(batch · N · d).
+
+The dynamic methods (DIS, DualDIS) also need each bank's *activation set*: the union over bank
+items of their top-k gallery items. It depends on the whole gallery, so it is kept as each bank
+item's current top-k (:class:`BankTopK`), which is updated incrementally on adds and deletes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.algorithms.blocks import merge_topk
+from service.algorithms.scan import BankScan, scan_bank
+from service.algorithms.validation import check_count, check_non_negative, check_positive
+
+STAT_COLUMNS = ("lme_query_bank", "lme_gallery_bank", "nnn_mean", "csls_mean")
+LME_QUERY_BANK, LME_GALLERY_BANK, NNN_MEAN, CSLS_MEAN = range(len(STAT_COLUMNS))
+
+
+@dataclass(frozen=True)
+class NormParams:
+    """Score-normalisation parameters, validated on construction. Named by bank, never β1/β2.
+
+    beta_query_bank / beta_gallery_bank: inverse temperatures against each bank (> 0); the
+    released DBNorm code uses 1/1.99 and 3. dis_topk: k of the DIS activation sets.
+    nnn_topk / nnn_alpha: NNN's neighbour count and weight. csls_topk: CSLS neighbourhood.
+    """
+
+    beta_query_bank: float = 1 / 1.99
+    beta_gallery_bank: float = 3.0
+    dis_topk: int = 1
+    nnn_topk: int = 128
+    nnn_alpha: float = 0.75
+    csls_topk: int = 10
+
+    def __post_init__(self) -> None:
+        check_positive("beta_query_bank", self.beta_query_bank)
+        check_positive("beta_gallery_bank", self.beta_gallery_bank)
+        check_count("dis_topk", self.dis_topk)
+        check_count("nnn_topk", self.nnn_topk)
+        check_non_negative("nnn_alpha", self.nnn_alpha)
+        check_count("csls_topk", self.csls_topk)
+
+
+@dataclass(frozen=True)
+class BankTopK:
+    """Each bank item's current top-k gallery rows (N×k', best first, k' = min(k, n)).
+
+    ``idx`` holds gallery row indices, ``sim`` their similarities. The activation set is the set
+    of rows that appear anywhere in ``idx``. Kept up to date on gallery changes by :meth:`add`
+    and :meth:`remove`, which touch only what changed.
+    """
+
+    idx: np.ndarray
+    sim: np.ndarray
+    k: int
+
+    @classmethod
+    def build(cls, gallery: np.ndarray, bank: np.ndarray, k: int) -> BankTopK:
+        """Each bank item's top-k over the whole gallery (blocked, O(n·N·d))."""
+        scan = scan_bank(gallery, bank, bank_topk=k)
+        return cls(scan.bank_top_idx, scan.bank_top_sim, k)
+
+    def activated(self, n: int) -> np.ndarray:
+        """(n,) bool: which gallery rows are in the activation set."""
+        flags = np.zeros(n, dtype=bool)
+        flags[self.idx.ravel()] = True
+        return flags
+
+    def merge(self, batch: BankTopK, first_row: int) -> BankTopK:
+        """Account for a batch appended at rows ``first_row, …``, given the batch's own top-k
+        (rows numbered from 0 within the batch): O(N·k), no similarity needed."""
+        idx, sim = merge_topk(self.idx, self.sim, batch.idx + first_row, batch.sim, self.k)
+        return BankTopK(idx, sim, self.k)
+
+    def remove(self, keep: np.ndarray, gallery: np.ndarray, bank: np.ndarray) -> BankTopK:
+        """Account for deleting the rows where ``keep`` (old n,) is False.
+
+        ``gallery`` is the gallery after the deletion (kept rows, in order). Bank items whose
+        top-k lost a row are recomputed against it (O(affected·n·d)); the rest are renumbered.
+        """
+        new_row = np.cumsum(keep) - 1
+        hit = ~keep[self.idx].all(axis=1) if self.idx.size else np.zeros(len(bank), bool)
+        k_now = min(self.k, gallery.shape[0])
+        idx = np.empty((len(bank), k_now), np.int64)
+        sim = np.empty((len(bank), k_now), self.sim.dtype)
+        stay = ~hit
+        if k_now == self.idx.shape[1]:
+            idx[stay], sim[stay] = new_row[self.idx[stay]], self.sim[stay]
+        else:  # the gallery shrank below k: every bank item lost a row
+            stay[:] = False
+        redo = ~stay
+        if redo.any() and k_now:
+            fresh = BankTopK.build(gallery, bank[redo], self.k)
+            idx[redo], sim[redo] = fresh.idx, fresh.sim
+        return BankTopK(idx, sim, self.k)
+
+
+def stats_from_scans(
+    query_scan: BankScan, gallery_scan: BankScan, params: NormParams
+) -> np.ndarray:
+    """Assemble the (n, 4) stat columns from one scan against each bank."""
+    return np.column_stack(
+        [
+            query_scan.log_mean_exp,
+            gallery_scan.log_mean_exp,
+            query_scan.topk_means[params.nnn_topk],
+            query_scan.topk_means[params.csls_topk],
+        ]
+    )
+
+
+def query_bank_scan(
+    items: np.ndarray, query_bank: np.ndarray, params: NormParams, **extra: int | None
+) -> BankScan:
+    """The scan of items against the query bank that :func:`stats_from_scans` needs."""
+    return scan_bank(
+        items,
+        query_bank,
+        beta=params.beta_query_bank,
+        mean_topk=(params.nnn_topk, params.csls_topk),
+        **extra,
+    )
+
+
+def gallery_bank_scan(
+    items: np.ndarray, gallery_bank: np.ndarray, params: NormParams, **extra: int | None
+) -> BankScan:
+    """The scan of items against the gallery bank that :func:`stats_from_scans` needs."""
+    return scan_bank(items, gallery_bank, beta=params.beta_gallery_bank, **extra)
+
+
+def item_stats(
+    items: np.ndarray, query_bank: np.ndarray, gallery_bank: np.ndarray, params: NormParams
+) -> np.ndarray:
+    """(n, 4) stat columns (see :data:`STAT_COLUMNS`) of a batch of normalised items.
+
+    Depends only on the items and the banks: a batch alone equals the batch in any gallery.
+    """
+    return stats_from_scans(
+        query_bank_scan(items, query_bank, params),
+        gallery_bank_scan(items, gallery_bank, params),
+        params,
+    )
