@@ -23,7 +23,13 @@ from service.algorithms.normalisers import (
 from service.algorithms.scoring import dense_scores, plan_queries, ranks_of, search, top1_raw
 from service.algorithms.stats import STAT_COLUMNS, BankTopK, NormParams, item_stats
 from service.algorithms.validation import InputError, check_embeddings
-from service.algorithms.views import Banks, GalleryView, PreparedItems, prepare_items
+from service.algorithms.views import (
+    Banks,
+    GalleryView,
+    PreparedItems,
+    adjusted_view,
+    prepare_items,
+)
 
 __all__ = [
     "METHODS",
@@ -41,6 +47,7 @@ __all__ = [
     "PreparedItems",
     "QueryPlan",
     "RetrievalReport",
+    "adjusted_view",
     "check_embeddings",
     "degeneration",
     "dense_scores",

@@ -153,3 +153,19 @@ def prepare_items(
         neighbour_sums=sums,
     )
     return PreparedItems(original, _view(adjusted, banks, norm)[0])
+
+
+def adjusted_view(
+    items: np.ndarray,
+    banks: Banks,
+    norm: NormParams,
+    invgc: InvGCParams,
+    *,
+    gallery_mean: np.ndarray | None = None,
+) -> GalleryView:
+    """Only the InvGC-adjusted view of ``items``: what a full-adjacency gallery must rebuild
+    when its mean changes (the original view of unchanged items stays valid)."""
+    adjusted = invgc_adjust(
+        items, banks.query_bank, banks.gallery_bank, invgc, gallery_mean=gallery_mean
+    )
+    return _view(adjusted, banks, norm)[0]

@@ -1,0 +1,33 @@
+"""The search-backend interface: "search these vectors by inner product, plus bias columns".
+
+A backend serves one :class:`~service.algorithms.GalleryView`. Because every method is
+``w·s(q, g) + c(q)·stat(g)``, one index over ``[g, stat(g)]`` serves all methods exactly; the
+query side supplies ``[w·q, c(q)]`` (``QueryPlan.query_coordinates``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from service.algorithms import GalleryView, QueryPlan
+
+
+class SearchBackend(ABC):
+    """Top-k search over one gallery view. Instances are immutable once built."""
+
+    name: str
+
+    def __init__(self, view: GalleryView) -> None:
+        self.view = view
+
+    @abstractmethod
+    def search(
+        self, queries: np.ndarray, plan: QueryPlan, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(m, k') gallery rows, best first, and their reported scores (float64, with offsets)."""
+
+    @abstractmethod
+    def top1(self, queries: np.ndarray) -> np.ndarray:
+        """(m,) row of each query's best gallery item by raw cosine (the dynamic methods' pass)."""

@@ -1,0 +1,232 @@
+"""The engine: the served gallery state, searches on it, and atomic changes to it.
+
+Searches read one immutable :class:`GalleryState` (a single reference read, no lock), so they
+never block each other and never see a half-applied change. Changes are serialised by one
+lock: the next state is built off to the side (touching only the rows a change affects),
+written to the change log if there is one (durable before visible), then swapped in.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.algorithms import (
+    Banks,
+    GalleryView,
+    InputError,
+    InvGCParams,
+    NormParams,
+    PreparedItems,
+    adjusted_view,
+    get_normaliser,
+    prepare_items,
+)
+from service.backends import BackendFactory
+from service.engine.changes import Change, Delete, Upsert
+from service.engine.persistence import GalleryStore
+from service.engine.state import GalleryState, Metadata
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Per query (best first): gallery ids, normalised scores, raw cosines to the original item."""
+
+    version: int
+    method: str
+    invgc: bool
+    ids: list[list[str]]
+    scores: list[np.ndarray]
+    similarities: list[np.ndarray]
+
+
+@dataclass(frozen=True)
+class ChangeResult:
+    version: int
+    size: int
+    inserted: int
+    updated: int
+    deleted: int
+
+
+class Engine:
+    """Owns the current :class:`GalleryState` and the fixed banks and parameters."""
+
+    def __init__(
+        self,
+        state: GalleryState,
+        banks: Banks,
+        norm: NormParams,
+        invgc: InvGCParams | None,
+        backend: BackendFactory,
+    ) -> None:
+        self._state = state
+        self.banks = banks
+        self.norm = norm
+        self.invgc = invgc
+        self._backend = backend
+        self._store: GalleryStore | None = None
+        self._write_lock = threading.Lock()
+
+    @classmethod
+    def from_prepared(
+        cls,
+        ids: tuple[str, ...],
+        metadata: tuple[Metadata, ...],
+        prepared: PreparedItems,
+        banks: Banks,
+        norm: NormParams,
+        invgc: InvGCParams | None,
+        backend: BackendFactory,
+    ) -> Engine:
+        state = GalleryState.create(1, ids, metadata, prepared.original, prepared.adjusted, backend)
+        return cls(state, banks, norm, invgc, backend)
+
+    @property
+    def state(self) -> GalleryState:
+        return self._state
+
+    @property
+    def dim(self) -> int:
+        return self.banks.dim
+
+    def attach_store(self, store: GalleryStore) -> None:
+        """From now on, every change is written to ``store`` before it becomes visible."""
+        self._store = store
+
+    def compact(self) -> int:
+        """Snapshot the current gallery into the store and empty its log; returns the version."""
+        if self._store is None:
+            raise RuntimeError("this engine has no durable store")
+        with self._write_lock:
+            state = self._state
+            self._store.snapshot(state.ids, state.metadata, state.original.embeddings)
+            return state.version
+
+    # --- searching ------------------------------------------------------------------------
+
+    def search(
+        self,
+        queries: np.ndarray,
+        *,
+        k: int,
+        method: str,
+        invgc: bool,
+        offset: int = 0,
+        score_threshold: float | None = None,
+    ) -> SearchResult:
+        """Top ``offset+1 … offset+k`` of each normalised query (m, d) by ``method``."""
+        state = self._state  # one snapshot for the whole search
+        normaliser = get_normaliser(method)
+        view, backend = state.view(invgc), state.backend(invgc)
+        m = queries.shape[0]
+        activated = view.activated[backend.top1(queries)] if normaliser.dynamic else None
+        plan = normaliser.plan(self.norm, view.bank_sizes, m, activated)
+        rows, scores = backend.search(queries, plan, k + offset)
+        rows, scores = rows[:, offset:], scores[:, offset:]
+        sims = np.einsum("md,mkd->mk", queries, state.original.embeddings[rows]).astype(np.float64)
+        ids_of = np.asarray(state.ids, dtype=object)
+        if score_threshold is None:
+            keep = [slice(None)] * m
+        else:
+            keep = [scores[i] >= score_threshold for i in range(m)]
+        return SearchResult(
+            version=state.version,
+            method=method,
+            invgc=invgc,
+            ids=[ids_of[rows[i][keep[i]]].tolist() for i in range(m)],
+            scores=[scores[i][keep[i]] for i in range(m)],
+            similarities=[sims[i][keep[i]] for i in range(m)],
+        )
+
+    # --- changing -------------------------------------------------------------------------
+
+    def upsert(
+        self, ids: list[str], embeddings: np.ndarray, metadata: list[Metadata]
+    ) -> ChangeResult:
+        """Insert or replace items; embeddings (b, d) already validated and normalised."""
+        dupes = [i for i, count in Counter(ids).items() if count > 1]
+        if dupes:
+            raise InputError("items", f"duplicate ids in one batch: {dupes[:10]}")
+        change = Upsert(tuple(ids), embeddings.astype(np.float32, copy=False), tuple(metadata))
+        return self.apply(change)
+
+    def delete(self, ids: list[str]) -> ChangeResult:
+        """Remove items by id; every id must exist (or nothing is removed)."""
+        return self.apply(Delete(tuple(dict.fromkeys(ids))))
+
+    def apply(self, change: Change, *, record: bool = True) -> ChangeResult:
+        """Build the next state with ``change`` and swap it in (atomically, durably).
+
+        ``record=False`` replays a change that is already in the log.
+        """
+        with self._write_lock:
+            started = time.perf_counter()
+            current = self._state
+            state, result = self._next_state(current, change)
+            if record and self._store is not None:
+                self._store.append(change)
+            self._state = state
+            log.info(
+                "gallery changed",
+                extra={
+                    "version": state.version,
+                    "size": state.size,
+                    "inserted": result.inserted,
+                    "updated": result.updated,
+                    "deleted": result.deleted,
+                    "seconds": round(time.perf_counter() - started, 4),
+                },
+            )
+            return result
+
+    def _next_state(self, state: GalleryState, change: Change) -> tuple[GalleryState, ChangeResult]:
+        replaced = [i for i in change.ids if i in state.rows]
+        if isinstance(change, Delete):
+            state.rows_of(list(change.ids))  # every id must exist
+        keep = np.ones(state.size, dtype=bool)
+        keep[state.rows_of(replaced)] = False
+        original, adjusted = state.original, state.adjusted
+        ids = tuple(i for i, kept in zip(state.ids, keep, strict=True) if kept)
+        metadata = tuple(md for md, kept in zip(state.metadata, keep, strict=True) if kept)
+        if not keep.all():
+            original = original.remove(keep, self.banks)
+            if adjusted is not None and self._per_item_invgc:
+                adjusted = adjusted.remove(keep, self.banks)
+        inserted = 0
+        if isinstance(change, Upsert):
+            invgc = self.invgc if self._per_item_invgc else None
+            batch = prepare_items(change.embeddings, self.banks, self.norm, invgc)
+            original = original.append(batch.original, self.banks)
+            if batch.adjusted is not None and adjusted is not None:
+                adjusted = adjusted.append(batch.adjusted, self.banks)
+            ids += change.ids
+            metadata += change.metadata
+            inserted = len(change.ids) - len(replaced)
+        if self.invgc is not None and not self._per_item_invgc:
+            adjusted = self._rebuild_adjusted(original)
+        next_state = GalleryState.create(
+            state.version + 1, ids, metadata, original, adjusted, self._backend
+        )
+        deleted = len(change.ids) if isinstance(change, Delete) else 0
+        updated = len(replaced) if isinstance(change, Upsert) else 0
+        return next_state, ChangeResult(
+            next_state.version, next_state.size, inserted, updated, deleted
+        )
+
+    @property
+    def _per_item_invgc(self) -> bool:
+        """LocalAdj items are independent; full adjacency couples them through the mean."""
+        return self.invgc is not None and self.invgc.adjacency == "local"
+
+    def _rebuild_adjusted(self, original: GalleryView) -> GalleryView:
+        """Full adjacency: the gallery mean changed, so every adjusted item does (O(n·N·d))."""
+        assert self.invgc is not None
+        return adjusted_view(original.embeddings, self.banks, self.norm, self.invgc)

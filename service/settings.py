@@ -1,0 +1,117 @@
+"""All configuration in one place: environment variables prefixed ``HUBLESS_`` (or an env file).
+
+Each field's description is the README's settings table; ``hubless serve --env-file F`` and the
+``tune`` command's output file use the same names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.algorithms import InputError, InvGCParams, NormParams
+
+Method = Literal["raw", "is", "dis", "dualis", "dualdis", "nnn", "csls"]
+DEMO_DIR = Path(__file__).parent / "data" / "demo"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HUBLESS_", extra="ignore", frozen=True)
+
+    # --- data -------------------------------------------------------------------------------
+    gallery: Path | None = Field(
+        None, description="Gallery embeddings (.npy, or .npz with one array); unset: bundled demo"
+    )
+    gallery_ids: Path | None = Field(
+        None, description="Gallery ids, one per line; unset: row numbers '0', '1', …"
+    )
+    query_bank: Path | None = Field(None, description="Query-bank embeddings (.npy/.npz)")
+    gallery_bank: Path | None = Field(None, description="Gallery-bank embeddings (.npy/.npz)")
+    data_dir: Path = Field(
+        Path("var"), description="Where the precompute cache and the gallery change log live"
+    )
+    cache: bool = Field(True, description="Cache the precomputed state on disk (keyed by a hash)")
+
+    # --- methods ----------------------------------------------------------------------------
+    default_method: Method = Field("dualis", description="Method used when a search names none")
+    beta_query_bank: float = Field(1 / 1.99, gt=0, description="Inverse temperature, query bank")
+    beta_gallery_bank: float = Field(3.0, gt=0, description="Inverse temperature, gallery bank")
+    dis_topk: int = Field(1, ge=1, description="k of the DIS/DualDIS activation sets")
+    nnn_topk: int = Field(128, ge=1, description="NNN: bank neighbours averaged per item")
+    nnn_alpha: float = Field(0.75, ge=0, description="NNN: weight of the bias")
+    csls_topk: int = Field(10, ge=1, description="CSLS: neighbourhood size")
+    invgc: bool = Field(True, description="Build the InvGC-adjusted gallery; default for searches")
+    invgc_adjacency: Literal["local", "full"] = Field(
+        "local", description="InvGC adjacency: 'local' (LocalAdj, per-item updates) or 'full'"
+    )
+    r_gallery_bank: float = Field(0.2, ge=0, description="InvGC rate against the gallery bank")
+    r_query_bank: float = Field(0.2, ge=0, description="InvGC rate against the query bank")
+    pool_rate: float = Field(0.01, gt=0, le=1, description="LocalAdj: share of a bank kept")
+
+    # --- serving ----------------------------------------------------------------------------
+    backend: Literal["exact", "faiss"] = Field("exact", description="Search backend")
+    faiss_index: Literal["flat", "hnsw"] = Field("flat", description="FAISS index type")
+    host: str = Field("127.0.0.1", description="Address `hubless serve` binds")
+    port: int = Field(8000, ge=1, le=65535, description="Port `hubless serve` binds")
+    max_queries: int = Field(1024, ge=1, description="Most queries in one search request")
+    max_k: int = Field(1000, ge=1, description="Largest k (plus offset) a search may ask for")
+    max_upsert: int = Field(10_000, ge=1, description="Most items in one gallery change")
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest request body")
+    api_key: SecretStr | None = Field(None, description="If set, required for gallery writes")
+    auth_reads: bool = Field(False, description="Also require the API key for reads")
+    cors_origins: list[str] = Field(default_factory=list, description="CORS origins (off: [])")
+    log_level: str = Field("INFO", description="Log level")
+    log_json: bool = Field(True, description="JSON log lines (false: human-readable)")
+    diagnostics_k: int = Field(10, ge=1, description="k of the hubness metrics")
+    diagnostics_probes: int = Field(
+        5000, ge=1, description="Most query-bank probes used by GET /diagnostics"
+    )
+    degeneration_sample: int = Field(
+        10_000, ge=1, description="Most gallery items Δdeg averages over"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        # the algorithm parameters validate themselves; fail at startup, not on first search
+        try:
+            self.norm_params()
+            self.invgc_params()
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
+        if (self.query_bank is None) != (self.gallery_bank is None):
+            raise ValueError("set both HUBLESS_QUERY_BANK and HUBLESS_GALLERY_BANK, or neither")
+        return self
+
+    def norm_params(self) -> NormParams:
+        return NormParams(
+            beta_query_bank=self.beta_query_bank,
+            beta_gallery_bank=self.beta_gallery_bank,
+            dis_topk=self.dis_topk,
+            nnn_topk=self.nnn_topk,
+            nnn_alpha=self.nnn_alpha,
+            csls_topk=self.csls_topk,
+        )
+
+    def invgc_params(self) -> InvGCParams:
+        return InvGCParams(
+            r_gallery_bank=self.r_gallery_bank,
+            r_query_bank=self.r_query_bank,
+            pool_rate=self.pool_rate,
+            adjacency=self.invgc_adjacency,
+        )
+
+    def gallery_path(self) -> Path:
+        return self.gallery or DEMO_DIR / "gallery.npy"
+
+    def gallery_ids_path(self) -> Path | None:
+        if self.gallery is None:
+            return DEMO_DIR / "gallery_ids.txt"
+        return self.gallery_ids
+
+    def bank_paths(self) -> tuple[Path, Path]:
+        if self.query_bank is None or self.gallery_bank is None:
+            return DEMO_DIR / "query_bank.npy", DEMO_DIR / "gallery_bank.npy"
+        return self.query_bank, self.gallery_bank
