@@ -1,0 +1,18 @@
+"""The served state: gallery snapshots, searches, atomic durable changes, diagnostics."""
+
+from service.engine.diagnostics import Diagnostics, diagnose, probe_sample
+from service.engine.engine import ChangeResult, Engine, SearchResult
+from service.engine.loading import DataError
+from service.engine.state import GalleryState, UnknownIdError
+
+__all__ = [
+    "ChangeResult",
+    "DataError",
+    "Diagnostics",
+    "Engine",
+    "GalleryState",
+    "SearchResult",
+    "UnknownIdError",
+    "diagnose",
+    "probe_sample",
+]

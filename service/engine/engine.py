@@ -23,11 +23,12 @@ from service.algorithms import (
     InvGCParams,
     NormParams,
     PreparedItems,
+    QueryPlan,
     adjusted_view,
     get_normaliser,
     prepare_items,
 )
-from service.backends import BackendFactory
+from service.backends import BackendFactory, SearchBackend
 from service.engine.changes import Change, Delete, Upsert
 from service.engine.persistence import GalleryStore
 from service.engine.state import GalleryState, Metadata
@@ -112,6 +113,16 @@ class Engine:
 
     # --- searching ------------------------------------------------------------------------
 
+    def plan(
+        self, state: GalleryState, queries: np.ndarray, method: str, invgc: bool
+    ) -> tuple[SearchBackend, QueryPlan]:
+        """The backend of the chosen view and the query plan of ``method`` for ``queries``
+        (running the raw top-1 pass first for the dynamic methods)."""
+        normaliser = get_normaliser(method)
+        view, backend = state.view(invgc), state.backend(invgc)
+        activated = view.activated[backend.top1(queries)] if normaliser.dynamic else None
+        return backend, normaliser.plan(self.norm, view.bank_sizes, queries.shape[0], activated)
+
     def search(
         self,
         queries: np.ndarray,
@@ -124,11 +135,8 @@ class Engine:
     ) -> SearchResult:
         """Top ``offset+1 … offset+k`` of each normalised query (m, d) by ``method``."""
         state = self._state  # one snapshot for the whole search
-        normaliser = get_normaliser(method)
-        view, backend = state.view(invgc), state.backend(invgc)
         m = queries.shape[0]
-        activated = view.activated[backend.top1(queries)] if normaliser.dynamic else None
-        plan = normaliser.plan(self.norm, view.bank_sizes, m, activated)
+        backend, plan = self.plan(state, queries, method, invgc)
         rows, scores = backend.search(queries, plan, k + offset)
         rows, scores = rows[:, offset:], scores[:, offset:]
         sims = np.einsum("md,mkd->mk", queries, state.original.embeddings[rows]).astype(np.float64)

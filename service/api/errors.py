@@ -1,0 +1,104 @@
+"""Every error a client can cause becomes a 4xx JSON body that says what was wrong.
+
+Body: ``{"error": {"status", "code", "message", "field"}}``. Anything unexpected is a 500 with
+a generic message and the request id; the stack trace goes to the log, never to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.algorithms import InputError
+from service.engine.state import UnknownIdError
+from service.logs import request_id
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error with its HTTP status, raised by routes and dependencies."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+        self.headers = headers
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
+    """OpenAPI ``responses=`` entries documenting the error body for these status codes."""
+    from service.api.models import ErrorResponse
+
+    return {code: {"model": ErrorResponse} for code in codes}
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = {"status": status, "code": code, "message": message, "field": field}
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    return ".".join(parts) or "body"
+
+
+def _validation_response(exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        detail = next(e for e in errors if e.get("type") == "json_invalid")
+        reason = (detail.get("ctx") or {}).get("error", "invalid JSON")
+        return error_response(400, "malformed_json", f"request body is not valid JSON: {reason}")
+    messages = []
+    for error in errors[:5]:
+        where = _location(tuple(error.get("loc", ())))
+        messages.append(f"{where}: {error.get('msg', 'invalid value')}")
+    if len(errors) > 5:
+        messages.append(f"(+{len(errors) - 5} more)")
+    first = _location(tuple(errors[0].get("loc", ()))) if errors else None
+    return error_response(422, "invalid_request", "; ".join(messages), first)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
+
+    @app.exception_handler(InputError)
+    async def _input_error(_: Request, exc: InputError) -> JSONResponse:
+        return error_response(422, "invalid_input", str(exc), exc.field)
+
+    @app.exception_handler(UnknownIdError)
+    async def _unknown_id(_: Request, exc: UnknownIdError) -> JSONResponse:
+        return error_response(404, "not_found", str(exc), exc.field)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        rid = request_id.get()
+        return error_response(500, "internal_error", f"internal error (request id {rid})")

@@ -1,0 +1,143 @@
+"""/gallery: list, inspect and change the gallery (changes are atomic, durable and exact)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query
+
+from service.algorithms import STAT_COLUMNS, GalleryView, InputError
+from service.api.convert import to_embeddings
+from service.api.errors import error_responses
+from service.api.models import (
+    ChangeResponse,
+    DeleteRequest,
+    GalleryItemDetail,
+    GalleryPage,
+    UpsertRequest,
+)
+from service.api.runtime import EngineDep, Runtime, RuntimeDep, require_read, require_write
+from service.engine import ChangeResult
+
+router = APIRouter(prefix="/gallery", tags=["gallery"])
+ERRORS = error_responses(400, 401, 404, 413, 422, 503)
+
+
+@router.get("", response_model=GalleryPage, responses=ERRORS, dependencies=[Depends(require_read)])
+def list_items(
+    engine: EngineDep,
+    offset: Annotated[int, Query(ge=0, description="First item to return")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Items per page")] = 100,
+) -> dict:
+    """A page of gallery ids and metadata, in gallery order, with the total count."""
+    state = engine.state
+    end = min(state.size, offset + limit)
+    items = [{"id": state.ids[row], "metadata": state.metadata[row]} for row in range(offset, end)]
+    return {
+        "version": state.version,
+        "total": state.size,
+        "offset": offset,
+        "limit": limit,
+        "items": items,
+    }
+
+
+def _stats(view: GalleryView, row: int) -> dict:
+    values = dict(zip(STAT_COLUMNS, view.stats[row].tolist(), strict=True))
+    log_sizes = np.log(view.bank_sizes)
+    return {
+        "log_z_query_bank": values["lme_query_bank"] + float(log_sizes[0]),
+        "log_z_gallery_bank": values["lme_gallery_bank"] + float(log_sizes[1]),
+        "nnn_mean": values["nnn_mean"],
+        "csls_mean": values["csls_mean"],
+        "in_query_bank_activation": bool(view.activated[row, 0]),
+        "in_gallery_bank_activation": bool(view.activated[row, 1]),
+    }
+
+
+@router.get(
+    "/{item_id:path}",
+    response_model=GalleryItemDetail,
+    responses=ERRORS,
+    dependencies=[Depends(require_read)],
+)
+def get_item(
+    item_id: str,
+    engine: EngineDep,
+    embedding: Annotated[bool, Query(description="Include the normalised embedding")] = False,
+) -> dict:
+    """One item: metadata, its bank statistics on each view, optionally its embedding."""
+    state = engine.state
+    row = int(state.rows_of([item_id], "id")[0])
+    return {
+        "id": item_id,
+        "version": state.version,
+        "metadata": state.metadata[row],
+        "embedding": state.original.embeddings[row].tolist() if embedding else None,
+        "stats": _stats(state.original, row),
+        "invgc_stats": _stats(state.adjusted, row) if state.adjusted is not None else None,
+    }
+
+
+def _changed(runtime: Runtime, result: ChangeResult) -> dict:
+    metrics = runtime.metrics
+    metrics.gallery_changes.labels("insert").inc(result.inserted)
+    metrics.gallery_changes.labels("update").inc(result.updated)
+    metrics.gallery_changes.labels("delete").inc(result.deleted)
+    runtime.record_state()
+    return {
+        "version": result.version,
+        "size": result.size,
+        "inserted": result.inserted,
+        "updated": result.updated,
+        "deleted": result.deleted,
+    }
+
+
+@router.put(
+    "", response_model=ChangeResponse, responses=ERRORS, dependencies=[Depends(require_write)]
+)
+def upsert(body: UpsertRequest, engine: EngineDep, runtime: RuntimeDep) -> dict:
+    """Insert or replace a batch of items. All or nothing: on any error the gallery is
+    unchanged. Every affected statistic is updated before the change becomes visible."""
+    embeddings = to_embeddings(
+        [item.embedding for item in body.items],
+        field="items[].embedding",
+        dim=engine.dim,
+        limit=runtime.settings.max_upsert,
+    )
+    ids = [item.id for item in body.items]
+    if any("\n" in i or "\r" in i for i in ids):
+        raise InputError("items[].id", "ids must not contain line breaks")
+    result = engine.upsert(ids, embeddings, [item.metadata for item in body.items])
+    return _changed(runtime, result)
+
+
+def _delete(ids: list[str], engine: EngineDep, runtime: Runtime) -> dict:
+    if len(ids) > runtime.settings.max_upsert:
+        limit = runtime.settings.max_upsert
+        raise InputError("ids", f"{len(ids)} ids in one request; the limit is {limit}")
+    return _changed(runtime, engine.delete(ids))
+
+
+@router.post(
+    "/delete",
+    response_model=ChangeResponse,
+    responses=ERRORS,
+    dependencies=[Depends(require_write)],
+)
+def delete_many(body: DeleteRequest, engine: EngineDep, runtime: RuntimeDep) -> dict:
+    """Delete a batch of items; if any id is unknown nothing is deleted (404)."""
+    return _delete(body.ids, engine, runtime)
+
+
+@router.delete(
+    "/{item_id:path}",
+    response_model=ChangeResponse,
+    responses=ERRORS,
+    dependencies=[Depends(require_write)],
+)
+def delete_one(item_id: str, engine: EngineDep, runtime: RuntimeDep) -> dict:
+    """Delete one item (404 if unknown)."""
+    return _delete([item_id], engine, runtime)

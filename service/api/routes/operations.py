@@ -1,0 +1,51 @@
+"""Liveness, readiness, Prometheus metrics and compaction."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.api.errors import error_responses
+from service.api.models import Health, Readiness
+from service.api.runtime import EngineDep, RuntimeDep, require_write
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> dict:
+    """200 while the process lives (liveness)."""
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Starting or failed"}},
+)
+def readyz(runtime: RuntimeDep, response: Response) -> dict:
+    """200 once the gallery is loaded and precomputed; 503 before (or if startup failed)."""
+    if runtime.engine is None:
+        response.status_code = 503
+        return {"status": runtime.status, "detail": runtime.error}
+    state = runtime.engine.state
+    return {"status": "ready", "gallery_size": state.size, "version": state.version}
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+def metrics(runtime: RuntimeDep) -> Response:
+    """Prometheus metrics in the text exposition format."""
+    runtime.record_state()
+    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.post(
+    "/admin/snapshot",
+    response_model=Readiness,
+    responses=error_responses(401, 503),
+    dependencies=[Depends(require_write)],
+)
+def snapshot(engine: EngineDep) -> dict:
+    """Compact the change log into a snapshot of the current gallery (faster restarts)."""
+    version = engine.compact()
+    return {"status": "ready", "gallery_size": engine.state.size, "version": version}

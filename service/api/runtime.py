@@ -1,0 +1,88 @@
+"""What the routes receive: the runtime (settings, metrics, engine once ready) and auth checks."""
+
+from __future__ import annotations
+
+import hmac
+import threading
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+from fastapi import Depends, Request
+
+from service.api.errors import ApiError
+from service.api.metrics import Metrics
+from service.engine import Diagnostics, Engine
+from service.settings import Settings
+
+Status = Literal["starting", "ready", "failed"]
+
+
+@dataclass
+class Runtime:
+    """The app's mutable shell around the engine: readiness and the diagnostics cache."""
+
+    settings: Settings
+    metrics: Metrics = field(default_factory=Metrics)
+    engine: Engine | None = None
+    status: Status = "starting"
+    error: str | None = None
+    diagnostics_lock: threading.Lock = field(default_factory=threading.Lock)
+    diagnostics_cache: dict[tuple[int, int], Diagnostics] = field(default_factory=dict)
+
+    def record_state(self) -> None:
+        if self.engine is not None:
+            state = self.engine.state
+            self.metrics.gallery_size.set(state.size)
+            self.metrics.gallery_version.set(state.version)
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_engine(runtime: RuntimeDep) -> Engine:
+    """The engine, or 503 while the startup precompute runs (never half-built state)."""
+    if runtime.engine is None:
+        detail = runtime.error if runtime.status == "failed" else "precompute in progress"
+        raise ApiError(
+            503, "not_ready", f"service not ready: {detail}", headers={"Retry-After": "5"}
+        )
+    return runtime.engine
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+
+
+def _presented_key(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return request.headers.get("x-api-key")
+
+
+def _check_key(request: Request, runtime: Runtime) -> None:
+    expected = runtime.settings.api_key
+    if expected is None:
+        return
+    presented = _presented_key(request)
+    if presented is None:
+        message = "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+        raise ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(presented.encode(), expected.get_secret_value().encode()):
+        raise ApiError(
+            401, "unauthorized", "invalid API key", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+def require_write(request: Request, runtime: RuntimeDep) -> None:
+    """Writes need the API key whenever one is configured."""
+    _check_key(request, runtime)
+
+
+def require_read(request: Request, runtime: RuntimeDep) -> None:
+    """Reads need it only with ``HUBLESS_AUTH_READS=true``."""
+    if runtime.settings.auth_reads:
+        _check_key(request, runtime)

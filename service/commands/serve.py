@@ -1,0 +1,29 @@
+"""``hubless serve``: run the HTTP service with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="run the HTTP service (settings from HUBLESS_* and --env-file)"
+    )
+    parser.add_argument("--env-file", type=Path, help="a file of HUBLESS_* settings (e.g. tune's)")
+    parser.add_argument("--host", help="bind address (default HUBLESS_HOST, 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default HUBLESS_PORT, 8000)")
+    parser.set_defaults(func=serve)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = Settings(_env_file=args.env_file, **overrides)  # type: ignore[call-arg]
+    # one process, threads for concurrency: searches share the in-memory gallery (README)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    return 0
