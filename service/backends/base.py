@@ -23,9 +23,7 @@ class SearchBackend(ABC):
         self.view = view
 
     @abstractmethod
-    def search(
-        self, queries: np.ndarray, plan: QueryPlan, k: int
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, plan: QueryPlan, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(m, k') gallery rows, best first, and their reported scores (float64, with offsets)."""
 
     @abstractmethod

@@ -11,9 +11,7 @@ from service.backends.base import SearchBackend
 class ExactBackend(SearchBackend):
     name = "exact"
 
-    def search(
-        self, queries: np.ndarray, plan: QueryPlan, k: int
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, plan: QueryPlan, k: int) -> tuple[np.ndarray, np.ndarray]:
         return search(queries, self.view, plan, k)
 
     def top1(self, queries: np.ndarray) -> np.ndarray:
