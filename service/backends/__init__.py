@@ -8,7 +8,8 @@ from service.algorithms import GalleryView
 from service.backends.base import SearchBackend
 from service.backends.exact import ExactBackend
 
-BackendFactory = Callable[[GalleryView], SearchBackend]
+#: (view, ids of its rows, backend of the previous state or None) -> backend
+BackendFactory = Callable[[GalleryView, tuple[str, ...], SearchBackend | None], SearchBackend]
 
 
 def backend_factory(name: str, **options: str) -> BackendFactory:
@@ -18,7 +19,7 @@ def backend_factory(name: str, **options: str) -> BackendFactory:
     if name == "faiss":
         from service.backends.faiss import FaissBackend  # optional dependency
 
-        return lambda view: FaissBackend(view, **options)
+        return lambda view, ids, previous: FaissBackend(view, ids, previous, **options)
     raise ValueError(f"unknown backend {name!r}; expected 'exact' or 'faiss'")
 
 

@@ -19,8 +19,17 @@ class SearchBackend(ABC):
 
     name: str
 
-    def __init__(self, view: GalleryView) -> None:
+    def __init__(
+        self,
+        view: GalleryView,
+        ids: tuple[str, ...],
+        previous: SearchBackend | None = None,
+    ) -> None:
+        """Serve ``view`` whose rows have ``ids``. ``previous`` is the backend of the state this
+        one replaces (same view kind): a backend holding an external index can apply the
+        difference instead of rebuilding. It must not change what ``previous`` serves."""
         self.view = view
+        self.ids = ids
 
     @abstractmethod
     def search(self, queries: np.ndarray, plan: QueryPlan, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -221,7 +221,7 @@ class Engine:
         if self.invgc is not None and not self._per_item_invgc:
             adjusted = self._rebuild_adjusted(original)
         next_state = GalleryState.create(
-            state.version + 1, ids, metadata, original, adjusted, self._backend
+            state.version + 1, ids, metadata, original, adjusted, self._backend, state
         )
         deleted = len(change.ids) if isinstance(change, Delete) else 0
         updated = len(replaced) if isinstance(change, Upsert) else 0

@@ -49,10 +49,13 @@ class GalleryState:
         original: GalleryView,
         adjusted: GalleryView | None,
         backend: BackendFactory,
+        previous: GalleryState | None = None,
     ) -> GalleryState:
-        backends = {False: backend(original)}
+        """A state with a backend per view; ``previous`` lets backends apply a difference."""
+        before = previous.backends if previous is not None else {}
+        backends = {False: backend(original, ids, before.get(False))}
         if adjusted is not None:
-            backends[True] = backend(adjusted)
+            backends[True] = backend(adjusted, ids, before.get(True))
         return cls(version, ids, metadata, original, adjusted, MappingProxyType(backends))
 
     @property
