@@ -115,3 +115,19 @@ class Settings(BaseSettings):
         if self.query_bank is None or self.gallery_bank is None:
             return DEMO_DIR / "query_bank.npy", DEMO_DIR / "gallery_bank.npy"
         return self.query_bank, self.gallery_bank
+
+
+def settings_table() -> str:
+    """The README's configuration table, generated from the fields above."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        if isinstance(default, float):
+            default = f"{default:.6g}"
+        shown = "unset" if default is None else f"`{default}`"
+        rows.append(f"| `HUBLESS_{name.upper()}` | {shown} | {info.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())
