@@ -55,8 +55,10 @@ def error_response(
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
-    return ".".join(parts) or "body"
+    # only the first element says where the value was; a field may be named "query" itself
+    if loc and loc[0] in ("body", "query", "path", "header", "cookie"):
+        loc = loc[1:]
+    return ".".join(str(p) for p in loc) or "body"
 
 
 def _validation_response(exc: RequestValidationError) -> JSONResponse:
