@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.settings import Method
 
-Vector = list[float]
+#: strict: JSON numbers only (lax mode would turn "0.5" and true into 0.5 and 1.0)
+Vector = list[Annotated[float, Field(strict=True)]]
 
 
 class Strict(BaseModel):
