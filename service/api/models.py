@@ -30,7 +30,7 @@ class SearchRequest(Strict):
     method: Method | None = Field(None, description="Normalisation method (default: configured)")
     offset: int = Field(0, ge=0, description="Skip this many top results (paging)")
     score_threshold: float | None = Field(
-        None, description="Drop results whose normalised score is below this"
+        None, allow_inf_nan=False, description="Drop results whose normalised score is below this"
     )
     invgc: bool | None = Field(
         None, description="Search the InvGC-adjusted gallery (default: configured HUBLESS_INVGC)"
