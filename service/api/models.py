@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.settings import Method
 
@@ -69,6 +70,16 @@ class GalleryItemIn(Strict):
     id: str = Field(min_length=1, max_length=512, description="Unique id of the item")
     embedding: Vector = Field(description="The item's embedding (L2-normalised on entry)")
     metadata: dict[str, Any] | None = Field(None, description="Any JSON object, returned as is")
+
+    @field_validator("metadata")
+    @classmethod
+    def _json_compliant(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # NaN/Infinity literals parse, but could only be returned as null: not "as is"
+        try:
+            json.dumps(value, allow_nan=False)
+        except ValueError:
+            raise ValueError("must not contain NaN or infinity (JSON has neither)") from None
+        return value
 
 
 class UpsertRequest(Strict):
