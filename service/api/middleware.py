@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -34,18 +35,25 @@ class BodyLimitMiddleware:
             await self._reject(scope, receive, send)
             return
         received = 0
+        too_large = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.limit:
+                too_large = True
                 raise BodyTooLarge
             return message
 
-        try:
-            await self.app(scope, counting_receive, send)
-        except BodyTooLarge:
+        async def guarded_send(message: Message) -> None:
+            # FastAPI turns any error while reading the body into its own 400: drop that
+            if not too_large:
+                await send(message)
+
+        with contextlib.suppress(BodyTooLarge):  # raised only if the app does not catch it
+            await self.app(scope, counting_receive, guarded_send)
+        if too_large:
             await self._reject(scope, receive, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
