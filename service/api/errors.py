@@ -100,7 +100,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        rid = request_id.get()
-        return error_response(500, "internal_error", f"internal error (request id {rid})")
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        rid = getattr(request.state, "request_id", None) or request_id.get()
+        token = request_id.set(rid)  # the log line carries it too
+        try:
+            log.exception("unhandled error")
+        finally:
+            request_id.reset(token)
+        message = f"internal error (request id {rid})"
+        headers = {"X-Request-ID": rid} if rid else None
+        return error_response(500, "internal_error", message, headers=headers)

@@ -75,6 +75,8 @@ class ObservabilityMiddleware:
         incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
         rid = incoming[:64] if incoming.isprintable() and incoming else uuid.uuid4().hex
         token = request_id.set(rid)
+        # for the 500 handler, which runs outside this middleware (after the reset below)
+        scope.setdefault("state", {})["request_id"] = rid
         status = 500
         started = time.perf_counter()
 
