@@ -120,7 +120,13 @@ class Engine:
         (running the raw top-1 pass first for the dynamic methods)."""
         normaliser = get_normaliser(method)
         view, backend = state.view(invgc), state.backend(invgc)
-        activated = view.activated[backend.top1(queries)] if normaliser.dynamic else None
+        activated = None
+        if normaliser.dynamic:  # an empty gallery has no top-1: nothing is activated
+            activated = (
+                view.activated[backend.top1(queries)]
+                if view.size
+                else np.zeros((queries.shape[0], 2), dtype=bool)
+            )
         return backend, normaliser.plan(self.norm, view.bank_sizes, queries.shape[0], activated)
 
     def search(
