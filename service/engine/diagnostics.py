@@ -16,6 +16,7 @@ from service.algorithms import (
     METHODS,
     Degeneration,
     HubnessReport,
+    InputError,
     RetrievalReport,
     degeneration,
     hubness,
@@ -63,6 +64,8 @@ def diagnose(
 ) -> Diagnostics:
     """Hubness (and recall, with ``truth_ids``) of every method on every view, on one snapshot."""
     state: GalleryState = engine.state
+    if state.size == 0:
+        raise InputError("gallery", "the gallery is empty; there is nothing to diagnose")
     truth = state.rows_of(truth_ids, "truth_ids") if truth_ids is not None else None
     views = [False] + ([True] if state.adjusted is not None else [])
     degen = {
