@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 
 from service.algorithms.scan import scan_bank
-from service.algorithms.validation import InputError, check_non_negative
+from service.algorithms.validation import InputError, check_non_negative, is_real
 
 Adjacency = Literal["local", "full"]
 
@@ -47,7 +47,7 @@ class InvGCParams:
     def __post_init__(self) -> None:
         check_non_negative("r_gallery_bank", self.r_gallery_bank)
         check_non_negative("r_query_bank", self.r_query_bank)
-        if not (isinstance(self.pool_rate, int | float) and 0 < self.pool_rate <= 1):
+        if not (is_real(self.pool_rate) and 0 < self.pool_rate <= 1):
             raise InputError("pool_rate", f"expected a number in (0, 1], got {self.pool_rate!r}")
         if self.adjacency not in ("local", "full"):
             raise InputError("adjacency", f"expected 'local' or 'full', got {self.adjacency!r}")

@@ -22,6 +22,8 @@ def k_occurrence(topk_rows: np.ndarray, n: int) -> np.ndarray:
 def skewness(x: np.ndarray) -> float:
     """Sample skewness, Fisher, biased (scipy.stats.skew's default); 0 for a constant sample."""
     x = np.asarray(x, dtype=np.float64)
+    if x.size == 0:
+        return 0.0
     centred = x - x.mean()
     m2 = np.mean(centred**2)
     if m2 <= 0:

@@ -7,6 +7,7 @@ can turn them into 4xx responses without knowing any maths.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -63,14 +64,19 @@ def check_embeddings(
     return arr / norms[:, None].astype(arr.dtype)
 
 
+def is_real(value: object) -> bool:
+    """A real number (numpy scalars included), but not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+
+
 def check_positive(field: str, value: float) -> float:
-    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+    if not (is_real(value) and math.isfinite(value) and value > 0):
         raise InputError(field, f"expected a finite number > 0, got {value!r}")
     return float(value)
 
 
 def check_non_negative(field: str, value: float) -> float:
-    if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+    if not (is_real(value) and math.isfinite(value) and value >= 0):
         raise InputError(field, f"expected a finite number >= 0, got {value!r}")
     return float(value)
 

@@ -189,3 +189,15 @@ def test_unknown_method_lists_methods():
     assert "'nope'" in info.value.message
     for name in METHODS:
         assert name in info.value.message
+
+
+def test_parameters_accept_numpy_scalars_and_reject_bools() -> None:
+    from service.algorithms import InvGCParams, NormParams
+
+    assert NormParams(beta_query_bank=np.float32(0.5)).beta_query_bank == np.float32(0.5)
+    assert InvGCParams(pool_rate=np.float64(0.1)).pool_rate == 0.1
+    for bad in ({"beta_query_bank": True}, {"nnn_alpha": False}):
+        with pytest.raises(InputError):
+            NormParams(**bad)
+    with pytest.raises(InputError, match="pool_rate"):
+        InvGCParams(pool_rate=True)
