@@ -1,0 +1,633 @@
+"""Load test and bad-input survey of a real ``hubless serve`` process, on loopback only.
+
+    python benchmarks/load_test.py            # ~30 s of load, then rewrites docs/reliability.md
+    python benchmarks/load_test.py --duration 10 --no-docs
+
+Concurrent searches and gallery upserts run against one uvicorn process on 127.0.0.1; the run
+is bounded in time and in request count and stops by itself. It measures latency (p50/p99) and
+throughput, counts errors, and checks that no search response mixes two gallery versions: the
+writers set designated *probe* items to exact copies of probe queries (or to their opposites)
+in a different pattern at every version, and each search response's ``gallery_version`` must
+explain, for every probe query in it, whether its probe item was found.
+
+The same module is the harness of ``tests/reliability`` and ``tests/deploy`` (a server
+subprocess with captured logs, small galleries sliced from the bundled demo data, the table of
+bad inputs), so the tests exercise exactly what this script reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # `python benchmarks/load_test.py` from a checkout
+    sys.path.insert(0, str(REPO_ROOT))
+
+from service.algorithms import METHODS, check_embeddings  # noqa: E402
+from service.settings import DEMO_DIR  # noqa: E402
+
+DOCS = REPO_ROOT / "docs" / "reliability.md"
+LOOPBACK = "127.0.0.1"
+
+#: Small limits for the bad-input survey, so "too large" cases stay cheap to send.
+SURVEY_LIMITS = {
+    "HUBLESS_MAX_BODY_BYTES": str(1 << 20),
+    "HUBLESS_MAX_QUERIES": "64",
+    "HUBLESS_MAX_UPSERT": "64",
+    "HUBLESS_MAX_K": "100",
+}
+
+
+# --- harness ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port that was free on 127.0.0.1 a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def write_gallery(
+    directory: Path, *, rows: int = 300, bank_rows: int = 500, dim: int | None = None
+) -> dict[str, str]:
+    """Slices of the bundled demo data as files; returns the ``HUBLESS_*`` variables naming them.
+
+    ``dim`` keeps only the first ``dim`` coordinates (a low dimension lets a fuzzer hit valid
+    vectors). Small sizes make the startup precompute take well under a second.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    columns = slice(None) if dim is None else slice(0, dim)
+    env = {}
+    for name, count in (("gallery", rows), ("query_bank", bank_rows), ("gallery_bank", bank_rows)):
+        path = directory / f"{name}.npy"
+        np.save(path, np.load(DEMO_DIR / f"{name}.npy")[:count, columns].astype(np.float32))
+        env[f"HUBLESS_{name.upper()}"] = str(path)
+    ids_path = directory / "gallery_ids.txt"
+    ids = (DEMO_DIR / "gallery_ids.txt").read_text(encoding="utf-8").splitlines()[:rows]
+    ids_path.write_text("\n".join(ids) + "\n", encoding="utf-8")
+    env["HUBLESS_GALLERY_IDS"] = str(ids_path)
+    return env
+
+
+def normalised(rows: np.ndarray) -> np.ndarray:
+    """Rows as the server stores them (same validation and float32 normalisation)."""
+    return check_embeddings(np.asarray(rows, dtype=np.float32), field="rows")
+
+
+def demo_queries(count: int, offset: int = 0) -> np.ndarray:
+    """Real query embeddings (WordNet glosses) from the bundled demo, float32."""
+    return np.load(DEMO_DIR / "queries.npy")[offset : offset + count].astype(np.float32)
+
+
+class Server:
+    """``hubless serve`` in a subprocess on 127.0.0.1 and a free port; output goes to files.
+
+    Inherited ``HUBLESS_*`` variables are dropped so only ``env`` configures it. Use it as a
+    context manager (start, wait until ready, always stop) or call the steps yourself.
+    """
+
+    def __init__(self, data_dir: Path, env: Mapping[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://{LOOPBACK}:{self.port}"
+        self.env = dict(env or {})
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_dir = data_dir.parent / f"logs-{data_dir.name}"
+        self._starts = 0
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.log_dir / f"stderr-{self._starts}.log"
+
+    def start(self) -> Server:
+        self._starts += 1
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HUBLESS_")}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env |= {"HUBLESS_DATA_DIR": str(self.data_dir), **self.env}
+        command = [sys.executable, "-m", "service.cli", "serve", "--host", LOOPBACK]
+        with (
+            (self.log_dir / f"stdout-{self._starts}.log").open("wb") as out,
+            self.stderr_path.open("wb") as err,
+        ):
+            self.process = subprocess.Popen(
+                [*command, "--port", str(self.port)], env=env, stdout=out, stderr=err
+            )
+        return self
+
+    def logs(self) -> str:
+        """Everything the current (or last) process wrote to stdout and stderr."""
+        parts = [self.stderr_path, self.log_dir / f"stdout-{self._starts}.log"]
+        return "".join(p.read_text(encoding="utf-8", errors="replace") for p in parts)
+
+    def wait_ready(self, timeout: float = 90.0) -> dict[str, Any]:
+        """Poll ``/readyz`` until 200; fail fast (with the log tail) if the process dies."""
+        deadline = time.monotonic() + timeout
+        with httpx.Client(base_url=self.url, timeout=5.0) as client:
+            while time.monotonic() < deadline:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"server exited ({self.process.returncode}):\n{self.tail()}")
+                with contextlib.suppress(httpx.TransportError):
+                    response = client.get("/readyz")
+                    if response.status_code == 200:
+                        return response.json()
+                    if response.json().get("status") == "failed":
+                        raise RuntimeError(f"startup failed: {response.text}\n{self.tail()}")
+                time.sleep(0.05)
+        raise TimeoutError(f"server not ready after {timeout} s:\n{self.tail()}")
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.logs().splitlines()[-lines:])
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as in a crash or an OOM kill."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        """SIGTERM (graceful), SIGKILL if it has not exited after 10 s."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def __enter__(self) -> Server:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def serving(workdir: Path, env: Mapping[str, str] | None = None) -> Iterator[Server]:
+    """A ready server on a small demo gallery under ``workdir`` (extra settings in ``env``)."""
+    settings = write_gallery(workdir / "input") | dict(env or {})
+    with Server(workdir / "data", settings) as server:
+        yield server
+
+
+# --- load -------------------------------------------------------------------------------------
+
+
+@dataclass
+class OpLog:
+    """Latencies (seconds) and errors of one kind of request, shared by its threads."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, seconds: float, error: str | None = None) -> None:
+        with self.lock:
+            self.latencies.append(seconds)
+            if error is not None:
+                self.errors.append(error)
+
+    def summary(self, elapsed: float) -> dict[str, float]:
+        ms = np.asarray(self.latencies) * 1000 if self.latencies else np.zeros(1)
+        return {
+            "requests": len(self.latencies),
+            "errors": len(self.errors),
+            "per_second": len(self.latencies) / elapsed,
+            "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)),
+            "max_ms": float(ms.max()),
+        }
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one search response said about the probes: version, method, and per probe the
+    similarity of its probe item if it was in the results (None if absent) and its rank."""
+
+    version: int
+    method: str
+    found: tuple[tuple[float | None, int | None], ...]
+
+
+@dataclass
+class LoadReport:
+    duration: float
+    search: dict[str, float]
+    upsert: dict[str, float]
+    versions: int
+    responses_checked: int
+    inconsistencies: list[str]
+    errors: list[str]
+    config: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not self.inconsistencies
+
+
+class LoadRun:
+    """Searchers and writers against ``base_url`` until ``duration`` s or the request caps."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        duration: float,
+        search_threads: int = 3,
+        writer_threads: int = 1,
+        probes: int = 8,
+        extra_queries: int = 8,
+        fillers: int = 32,
+        api_key: str | None = None,
+        max_requests: int = 200_000,
+        seed: int = 0,
+    ) -> None:
+        self.base_url, self.duration, self.seed = base_url, duration, seed
+        self.search_threads, self.writer_threads = search_threads, writer_threads
+        self.fillers, self.max_requests = fillers, max_requests
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        queries = demo_queries(probes + extra_queries)
+        self.probes = normalised(queries[:probes])
+        self.query_body = queries.astype(float).tolist()  # probes first, then ordinary queries
+        self.search_log, self.upsert_log = OpLog(), OpLog()
+        self.patterns: dict[int, tuple[bool, ...]] = {}  # version -> probe j is +q_j?
+        self.observations: list[Observation] = []
+        self.lock = threading.Lock()
+        self.requests = 0
+
+    def _budget(self, deadline: float) -> bool:
+        with self.lock:
+            self.requests += 1
+            return self.requests <= self.max_requests and time.monotonic() < deadline
+
+    def _searcher(self, index: int, deadline: float) -> None:
+        rng = np.random.default_rng((self.seed, 1, index))
+        with httpx.Client(base_url=self.base_url, timeout=60.0, headers=self.headers) as client:
+            while self._budget(deadline):
+                method = METHODS[int(rng.integers(len(METHODS)))]
+                body = {"queries": self.query_body, "k": 10, "method": method}
+                body["invgc"] = bool(rng.integers(2))
+                started = time.perf_counter()
+                try:
+                    response = client.post("/search", json=body)
+                except httpx.HTTPError as exc:
+                    self.search_log.record(time.perf_counter() - started, repr(exc))
+                    continue
+                elapsed = time.perf_counter() - started
+                if response.status_code != 200:
+                    self.search_log.record(elapsed, f"{response.status_code} {response.text}")
+                    continue
+                self.search_log.record(elapsed)
+                self._observe(response.json())
+
+    def _observe(self, payload: dict[str, Any]) -> None:
+        found = []
+        for j, hits in enumerate(payload["results"][: len(self.probes)]):
+            hit = next(((r, h) for r, h in enumerate(hits, 1) if h["id"] == f"probe-{j}"), None)
+            found.append((hit[1]["similarity"], hit[0]) if hit else (None, None))
+        observation = Observation(payload["gallery_version"], payload["method"], tuple(found))
+        with self.lock:
+            self.observations.append(observation)
+
+    def _writer(self, index: int, deadline: float) -> None:
+        rng = np.random.default_rng((self.seed, 2, index))
+        dim = self.probes.shape[1]
+        n = 0
+        with httpx.Client(base_url=self.base_url, timeout=60.0, headers=self.headers) as client:
+            while self._budget(deadline):
+                pattern = tuple(bool(b) for b in rng.integers(0, 2, len(self.probes)))
+                signs = np.where(pattern, 1.0, -1.0)[:, None]
+                items = [
+                    {"id": f"probe-{j}", "embedding": vector.tolist()}
+                    for j, vector in enumerate((signs * self.probes).astype(float))
+                ]
+                fillers = rng.standard_normal((self.fillers, dim))
+                items += [
+                    {"id": f"fill-{index}-{(n + i) % 128}", "embedding": row.tolist()}
+                    for i, row in enumerate(fillers)
+                ]
+                n += self.fillers
+                started = time.perf_counter()
+                try:
+                    response = client.put("/gallery", json={"items": items})
+                except httpx.HTTPError as exc:
+                    self.upsert_log.record(time.perf_counter() - started, repr(exc))
+                    continue
+                elapsed = time.perf_counter() - started
+                if response.status_code != 200:
+                    self.upsert_log.record(elapsed, f"{response.status_code} {response.text}")
+                    continue
+                self.upsert_log.record(elapsed)
+                with self.lock:
+                    self.patterns[response.json()["version"]] = pattern
+
+    def _check(self, initial_version: int) -> list[str]:
+        """Every observation against the probe pattern of the version it names."""
+        problems = []
+        expected_versions = set(
+            range(initial_version + 1, initial_version + len(self.patterns) + 1)
+        )
+        if set(self.patterns) != expected_versions:
+            problems.append(f"versions acknowledged {sorted(self.patterns)} are not consecutive")
+        for obs in self.observations:
+            pattern = self.patterns.get(obs.version)
+            if obs.version == initial_version:
+                pattern = None
+            elif pattern is None:
+                problems.append(f"response names version {obs.version}, never acknowledged")
+                continue
+            for j, (similarity, rank) in enumerate(obs.found):
+                present = pattern is not None and pattern[j]
+                if similarity is not None and (pattern is None or abs(similarity) < 0.999):
+                    problems.append(f"v{obs.version} {obs.method}: probe-{j} unexpected")
+                elif similarity is not None and (similarity > 0) != present:
+                    problems.append(f"v{obs.version} {obs.method}: probe-{j} is the other version")
+                elif obs.method == "raw" and present and rank != 1:
+                    problems.append(f"v{obs.version} raw: exact copy probe-{j} at rank {rank}")
+        return problems
+
+    def run(self) -> LoadReport:
+        with httpx.Client(base_url=self.base_url, timeout=30.0) as client:
+            initial_version = client.get("/readyz").json()["version"]
+        deadline = time.monotonic() + self.duration
+        threads = [
+            threading.Thread(target=self._searcher, args=(i, deadline), name=f"search-{i}")
+            for i in range(self.search_threads)
+        ] + [
+            threading.Thread(target=self._writer, args=(i, deadline), name=f"write-{i}")
+            for i in range(self.writer_threads)
+        ]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - started
+        return LoadReport(
+            duration=elapsed,
+            search=self.search_log.summary(elapsed),
+            upsert=self.upsert_log.summary(elapsed),
+            versions=len(self.patterns),
+            responses_checked=len(self.observations),
+            inconsistencies=self._check(initial_version),
+            errors=self.search_log.errors + self.upsert_log.errors,
+            config={
+                "search_threads": self.search_threads,
+                "writer_threads": self.writer_threads,
+                "queries_per_search": len(self.query_body),
+                "items_per_upsert": len(self.probes) + self.fillers,
+            },
+        )
+
+
+# --- bad inputs -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BadInput:
+    """One bad request: what it is, how to send it, and the status it must get."""
+
+    name: str
+    method: str
+    path: str
+    expect: int
+    body: Any = None  # JSON-encoded unless ``raw`` is given
+    raw: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    authorised: bool = True  # send the API key
+
+    def send(self, client: httpx.Client, key: str) -> httpx.Response:
+        headers = {"content-type": "application/json"} | self.headers
+        if self.authorised:
+            headers.setdefault("authorization", f"Bearer {key}")
+        content = self.raw if self.raw is not None else None
+        if content is None and self.body is not None:
+            content = json.dumps(self.body).encode()
+        return client.request(self.method, self.path, content=content, headers=headers)
+
+
+def bad_inputs(dim: int, known_id: str) -> list[BadInput]:
+    """The survey: every kind of bad input a client can send, with the status it must get."""
+    max_body = int(SURVEY_LIMITS["HUBLESS_MAX_BODY_BYTES"])
+    v = [0.1] * dim
+    item = {"id": "new-item", "embedding": v}
+    rest = b", 0.1" * (dim - 1) + b"]}"
+
+    def search(name: str, expect: int, body: Any = None, **kw: Any) -> BadInput:
+        return BadInput(name, "POST", "/search", expect, body, **kw)
+
+    def upsert(name: str, expect: int, *items: dict, **kw: Any) -> BadInput:
+        return BadInput(f"upsert: {name}", "PUT", "/gallery", expect, {"items": list(items)}, **kw)
+
+    def get(name: str, expect: int, path: str) -> BadInput:
+        return BadInput(name, "GET", path, expect)
+
+    def diagnose(name: str, expect: int, **body: Any) -> BadInput:
+        return BadInput(
+            f"diagnostics: {name}", "POST", "/diagnostics", expect, {"queries": [v]} | body
+        )
+
+    return [
+        search("wrong dimension", 422, {"query": v[:-1]}),
+        search("ragged batch", 422, {"queries": [v, v[:-1]]}),
+        search("NaN in a vector", 422, raw=b'{"query": [NaN' + rest),
+        search("Infinity in a vector", 422, raw=b'{"query": [Infinity' + rest),
+        search("value beyond float32 (1e39)", 422, {"query": [1e39, *v[1:]]}),
+        search("zero vector", 422, {"query": [0.0] * dim}),
+        search("empty batch", 422, {"queries": []}),
+        search("both query and queries", 422, {"query": v, "queries": [v]}),
+        search("neither query nor queries", 422, {"k": 3}),
+        search("vector of strings", 422, {"query": ["a"] * dim}),
+        search("k = 0", 422, {"query": v, "k": 0}),
+        search("k above HUBLESS_MAX_K", 422, {"query": v, "k": 101}),
+        search("k + offset above HUBLESS_MAX_K", 422, {"query": v, "offset": 95}),
+        search("negative offset", 422, {"query": v, "offset": -1}),
+        search("unknown method", 422, {"query": v, "method": "bm25"}),
+        search("misspelt field", 422, {"query": v, "metod": "raw"}),
+        search("too many queries", 422, {"queries": [v] * 65}),
+        search("malformed JSON", 400, raw=b'{"query": [0.1,'),
+        search("body not an object", 422, raw=b"[]"),
+        search("empty body", 422, raw=b""),
+        search(
+            "body over HUBLESS_MAX_BODY_BYTES", 413, raw=b"[" + b"0.1, " * (max_body // 5) + b"0]"
+        ),
+        get("unknown path", 404, "/nope"),
+        BadInput("unsupported HTTP method", "PATCH", "/search", 405, {"query": v}),
+        upsert("empty items", 422),
+        upsert("wrong dimension", 422, item | {"embedding": v[:-1]}),
+        upsert("zero vector", 422, item | {"embedding": [0.0] * dim}),
+        upsert("duplicate ids", 422, item, item),
+        upsert("empty id", 422, item | {"id": ""}),
+        upsert("id of 513 characters", 422, item | {"id": "x" * 513}),
+        upsert("id with a line break", 422, item | {"id": "a\nb"}),
+        upsert("metadata not an object", 422, item | {"metadata": [1]}),
+        upsert("over HUBLESS_MAX_UPSERT", 422, *(item | {"id": f"i{i}"} for i in range(65))),
+        upsert("no API key", 401, item, authorised=False),
+        upsert("wrong API key", 401, item, headers={"authorization": "Bearer wrong"}),
+        upsert("key in a Basic header", 401, item, headers={"authorization": "Basic a2V5"}),
+        BadInput("snapshot: no API key", "POST", "/admin/snapshot", 401, authorised=False),
+        get("get: unknown id", 404, "/gallery/no-such-id"),
+        BadInput("delete: unknown id", "DELETE", "/gallery/no-such-id", 404),
+        BadInput(
+            "batch delete: one unknown id",
+            "POST",
+            "/gallery/delete",
+            404,
+            {"ids": [known_id, "no-such-id"]},
+        ),
+        BadInput("batch delete: empty list", "POST", "/gallery/delete", 422, {"ids": []}),
+        get("list: limit = 0", 422, "/gallery?limit=0"),
+        get("list: limit = 1001", 422, "/gallery?limit=1001"),
+        get("list: offset = -1", 422, "/gallery?offset=-1"),
+        get("list: limit not a number", 422, "/gallery?limit=ten"),
+        get("diagnostics: k = 0", 422, "/diagnostics?k=0"),
+        get("diagnostics: k above HUBLESS_MAX_K", 422, "/diagnostics?k=101"),
+        diagnose("truth_ids of the wrong length", 422, truth_ids=[]),
+        diagnose("unknown truth id", 404, truth_ids=["no-such-id"]),
+        diagnose("unknown method", 422, methods=["bm25"]),
+    ]
+
+
+def survey(client: httpx.Client, key: str, cases: list[BadInput]) -> list[dict[str, Any]]:
+    """Send every case; one row per case with what came back."""
+    rows = []
+    for case in cases:
+        response = case.send(client, key)
+        try:
+            error = response.json().get("error") or {}
+        except ValueError:
+            error = {"code": "(not JSON)", "message": response.text[:120]}
+        rows.append(
+            {
+                "case": case,
+                "status": response.status_code,
+                "code": error.get("code", ""),
+                "message": error.get("message", ""),
+            }
+        )
+    return rows
+
+
+def _request_text(case: BadInput) -> str:
+    if case.raw is not None:
+        shown = case.raw if len(case.raw) <= 40 else case.raw[:30] + b"..."
+        body = shown.decode()
+    elif case.body is not None:
+        body = json.dumps(case.body)
+        if len(body) > 60:
+            body = body[:50] + "..."
+    else:
+        body = ""
+    return f"`{case.method} {case.path}` {body.replace('|', '/')}".strip()
+
+
+def survey_table(rows: list[dict[str, Any]]) -> str:
+    """The markdown table of the survey (the docs carry it between markers)."""
+    lines = ["| Input | Request | Status | Code | Message |", "|---|---|---|---|---|"]
+    for row in rows:
+        message = row["message"].replace("|", "/").replace("\n", " ")
+        if len(message) > 140:
+            message = message[:137] + "..."
+        case = row["case"]
+        lines.append(
+            f"| {case.name} | {_request_text(case)} | {row['status']} | `{row['code']}` | "
+            f"{message} |"
+        )
+    return "\n".join(lines)
+
+
+# --- the docs ---------------------------------------------------------------------------------
+
+
+def replace_section(text: str, name: str, content: str) -> str:
+    """Replace what is between ``<!-- name:start -->`` and ``<!-- name:end -->``."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{content}\n{end}{tail}"
+
+
+def load_section(report: LoadReport, gallery_rows: int) -> str:
+    rows = ["| Request | Count | Errors | Per second | p50 ms | p99 ms | max ms |"]
+    rows.append("|---|---|---|---|---|---|---|")
+    for name, s in (("search", report.search), ("upsert", report.upsert)):
+        rows.append(
+            f"| {name} | {s['requests']} | {s['errors']} | {s['per_second']:.1f} | "
+            f"{s['p50_ms']:.1f} | {s['p99_ms']:.1f} | {s['max_ms']:.1f} |"
+        )
+    c = report.config
+    return "\n".join(
+        [
+            f"Run of {report.duration:.1f} s on {os.cpu_count()} CPU cores (client and server on "
+            f"the same machine), demo gallery of {gallery_rows} items (384-d), banks of 2000: "
+            f"{c['search_threads']} search threads ({c['queries_per_search']} queries per "
+            f"request, k = 10, method and InvGC view drawn at random) and "
+            f"{c['writer_threads']} writer thread ({c['items_per_upsert']} items per upsert).",
+            "",
+            *rows,
+            "",
+            f"Gallery versions written: {report.versions}; search responses checked for version "
+            f"consistency: {report.responses_checked}; inconsistent responses: "
+            f"{len(report.inconsistencies)}; errors: {len(report.errors)}.",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load")
+    parser.add_argument("--gallery-rows", type=int, default=2000, help="demo gallery rows")
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite the docs")
+    parser.add_argument("--workdir", type=Path, help="where data and logs go (default: tmp)")
+    args = parser.parse_args(argv)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="hubless-load-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        key = "load-test-key"
+        env = write_gallery(workdir / "input", rows=args.gallery_rows, bank_rows=2000)
+        with Server(workdir / "data", env | {"HUBLESS_API_KEY": key}) as server:
+            report = LoadRun(server.url, duration=args.duration, api_key=key).run()
+        with Server(workdir / "survey", env | SURVEY_LIMITS | {"HUBLESS_API_KEY": key}) as server:
+            ids = (workdir / "input" / "gallery_ids.txt").read_text().split()
+            with httpx.Client(base_url=server.url, timeout=60.0) as client:
+                rows = survey(client, key, bad_inputs(384, ids[0]))
+    print(json.dumps({k: v for k, v in vars(report).items() if k != "inconsistencies"}, indent=2))
+    for problem in report.inconsistencies[:20]:
+        print("INCONSISTENT:", problem)
+    print(survey_table(rows))
+    if not args.no_docs:
+        text = DOCS.read_text(encoding="utf-8")
+        text = replace_section(text, "load-test", load_section(report, args.gallery_rows))
+        text = replace_section(text, "bad-inputs", survey_table(rows))
+        DOCS.write_text(text, encoding="utf-8")
+        print(f"wrote {DOCS.relative_to(REPO_ROOT)}")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
