@@ -86,8 +86,13 @@ class Engine:
         norm: NormParams,
         invgc: InvGCParams | None,
         backend: BackendFactory,
+        *,
+        version: int = 1,
     ) -> Engine:
-        state = GalleryState.create(1, ids, metadata, prepared.original, prepared.adjusted, backend)
+        """``version``: of this gallery (a snapshot continues the numbering of its changes)."""
+        state = GalleryState.create(
+            version, ids, metadata, prepared.original, prepared.adjusted, backend
+        )
         return cls(state, banks, norm, invgc, backend)
 
     @property

@@ -66,7 +66,11 @@ def load_engine(settings: Settings) -> Engine:
     prepared_at = time.perf_counter()
 
     backend = backend_factory(settings.backend, index=settings.faiss_index)
-    engine = Engine.from_prepared(ids, metadata, prepared, banks, norm, invgc, backend)
+    # every logged change made one version, so a snapshot of seq changes is version 1 + seq
+    version = 1 + (snapshot.seq if snapshot else 0)
+    engine = Engine.from_prepared(
+        ids, metadata, prepared, banks, norm, invgc, backend, version=version
+    )
     for change in changes:
         engine.apply(change, record=False)
     engine.attach_store(store)
