@@ -1,0 +1,498 @@
+"""Milvus backend: one view's bias-augmented gallery in a Milvus collection, synced by diffs.
+
+Each row is stored once as ``[g, stat(g)]`` (d+4 float32, metric IP), keyed by its gallery id,
+so one exact (FLAT) inner-product search with ``[w·q, c(q)]`` serves every method; HNSW and
+IVF_FLAT are options for galleries too big for brute force (they are approximate).
+``MilvusClient("path/file.db")`` runs an embedded milvus-lite; ``http://host:19530`` a server.
+
+Sync: the engine builds a backend per gallery state, passing the previous one. The backend
+deletes the ids that left, upserts the ids that arrived or whose row changed, and never rewrites
+unchanged rows. A backend built without a usable predecessor (startup, another replica)
+*reconciles*: it reads ``(id, digest)`` of every stored row and writes only what differs, so a
+restart on an up-to-date collection writes nothing. A failed sync marks the collection dirty and
+the next backend reconciles instead of trusting the diff.
+
+Milvus is shared, mutable state, unlike the engine's copy-on-write snapshots: a search still
+running on the previous state while a change is written can see the new rows (see
+docs/milvus.md). Results are mapped to rows through the ids this backend was built with; ids it
+does not know (written after it) are skipped, which is why searches over-fetch a little.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pymilvus import DataType, MilvusClient
+
+from service.algorithms import GalleryView, QueryPlan, top1_raw
+from service.backends.base import SearchBackend
+from service.export.augment import EXTRA_DIMS, view_coordinates
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "hubless"
+DEFAULT_URI = "var/milvus.db"
+ViewKind = Literal["original", "invgc"]
+IndexKind = Literal["flat", "hnsw", "ivf_flat"]
+
+ID_FIELD, VECTOR_FIELD, DIGEST_FIELD, METADATA_FIELD = "id", "vector", "digest", "metadata"
+#: Gallery ids are at most 512 characters (API); 4 bytes each in UTF-8 at worst.
+MAX_ID_BYTES = 2048
+#: Milvus's largest top-k.
+MAX_LIMIT = 16384
+#: Rows per insert/delete request and queries per search request: keeps gRPC messages small.
+WRITE_BATCH = 4096
+SEARCH_BATCH = 256
+#: Ids per delete request: each becomes a quoted literal in one filter expression.
+DELETE_BATCH = 1024
+
+_INDEXES: dict[str, tuple[str, dict[str, int]]] = {
+    "flat": ("FLAT", {}),
+    "hnsw": ("HNSW", {"M": 16, "efConstruction": 200}),
+    "ivf_flat": ("IVF_FLAT", {"nlist": 1024}),
+}
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,200}$")
+
+
+# --- clients and collections (shared with the export command) ----------------------------------
+
+_clients: dict[tuple[str, str], MilvusClient] = {}
+_clients_lock = threading.Lock()
+
+
+def milvus_client(uri: str, token: str | None = None) -> MilvusClient:
+    """One client per (uri, token) per process: milvus-lite starts a server per file, and a
+    client per gallery change would reconnect each time. Local paths get their folder made."""
+    key = (uri, token or "")
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            if "://" not in uri:
+                Path(uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            client = MilvusClient(uri=uri, token=token or "")
+            _clients[key] = client
+        return client
+
+
+def collection_name(prefix: str, kind: ViewKind) -> str:
+    """``<prefix>_original`` or ``<prefix>_invgc``: one collection per view."""
+    if not _NAME.match(prefix):
+        raise ValueError(
+            f"invalid Milvus collection prefix {prefix!r}: letters, digits and '_', "
+            "not starting with a digit"
+        )
+    return f"{prefix}_{kind}"
+
+
+def row_digests(coords: np.ndarray) -> np.ndarray:
+    """(n,) int64 fingerprint of each augmented row's float32 bits, stored next to the vector so
+    that a reconcile finds out-of-date rows without reading vectors back. Exact: a row whose
+    recomputation differs in the last bit is rewritten (costs a write, never correctness)."""
+    bits = np.ascontiguousarray(coords, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    mixed = (bits + np.uint64(1)) * _digest_weights(coords.shape[1])  # wraps modulo 2^64
+    return mixed.sum(axis=1, dtype=np.uint64).view(np.int64)
+
+
+@lru_cache(maxsize=8)
+def _digest_weights(dim: int) -> np.ndarray:
+    """Odd random multipliers: a linear hash of the coordinates' bits modulo 2^64."""
+    rng = np.random.default_rng(0x5EED)
+    return rng.integers(1, 2**63, size=dim, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+
+
+def ensure_collection(
+    client: MilvusClient,
+    name: str,
+    dim: int,
+    index: IndexKind = "flat",
+    consistency: str = "Strong",
+) -> None:
+    """Create (or, if its schema no longer fits, drop and recreate) the collection and load it.
+
+    The collection is derived data (rebuildable from the gallery), so an incompatible one (other
+    dimension, fields or index) is replaced, with a warning, rather than failing startup.
+    """
+    index_type, build = _INDEXES[index]
+    if client.has_collection(name):
+        if _compatible(client, name, dim, index_type):
+            client.load_collection(name)
+            return
+        log.warning("replacing incompatible Milvus collection", extra={"collection": name})
+        client.drop_collection(name)
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field(ID_FIELD, DataType.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES)
+    schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=dim)
+    schema.add_field(DIGEST_FIELD, DataType.INT64)
+    schema.add_field(METADATA_FIELD, DataType.JSON, nullable=True)
+    params = client.prepare_index_params()
+    params.add_index(field_name=VECTOR_FIELD, index_type=index_type, metric_type="IP", params=build)
+    client.create_collection(
+        name, schema=schema, index_params=params, consistency_level=consistency
+    )
+
+
+def _compatible(client: MilvusClient, name: str, dim: int, index_type: str) -> bool:
+    fields = {f["name"]: f for f in client.describe_collection(name)["fields"]}
+    vector = fields.get(VECTOR_FIELD, {})
+    if set(fields) != {ID_FIELD, VECTOR_FIELD, DIGEST_FIELD, METADATA_FIELD}:
+        return False
+    if int(vector.get("params", {}).get("dim", -1)) != dim:
+        return False
+    try:
+        described = client.describe_index(name, VECTOR_FIELD)
+    except Exception:  # no index yet: pymilvus raises its own error type
+        return False
+    return bool(described) and described.get("index_type") == index_type
+
+
+def upsert_rows(
+    client: MilvusClient,
+    name: str,
+    ids: Iterable[str],
+    coords: np.ndarray,
+    metadata: Iterable[Any] | None = None,
+) -> int:
+    """Upsert rows ``ids[i] -> coords[i]`` (n, d+4) in batches; metadata is optional JSON."""
+    ids = list(ids)
+    meta = list(metadata) if metadata is not None else None
+    digests = row_digests(coords)
+    for start in range(0, len(ids), WRITE_BATCH):
+        stop = min(len(ids), start + WRITE_BATCH)
+        rows = [
+            {ID_FIELD: ids[i], VECTOR_FIELD: coords[i], DIGEST_FIELD: int(digests[i])}
+            for i in range(start, stop)
+        ]
+        if meta is not None:
+            for row, value in zip(rows, meta[start:stop], strict=True):
+                row[METADATA_FIELD] = value
+        client.upsert(name, rows)
+    return len(ids)
+
+
+def delete_ids(client: MilvusClient, name: str, ids: list[str]) -> int:
+    for start in range(0, len(ids), DELETE_BATCH):
+        client.delete(name, filter=id_filter(ids[start : start + DELETE_BATCH]))
+    return len(ids)
+
+
+def id_filter(ids: Iterable[str]) -> str:
+    """A boolean expression selecting ``ids``, every id quoted safely.
+
+    Not ``client.delete(ids=...)``: pymilvus pastes ids between single quotes unescaped, so an
+    id containing a quote breaks the expression (or widens it). Expression templates
+    (``filter_params``) would be the alternative, but milvus-lite does not parse them.
+    """
+    return f"{ID_FIELD} in [{', '.join(_literal(i) for i in ids)}]"
+
+
+def _literal(text: str) -> str:
+    # Milvus string literals: backslash escapes for these; other characters may appear raw
+    return '"' + text.translate(_ESCAPES) + '"'
+
+
+_ESCAPES = {ord("\\"): "\\\\", ord('"'): '\\"', ord("\n"): "\\n", ord("\r"): "\\r"}
+
+
+def stored_digests(client: MilvusClient, name: str) -> dict[str, int]:
+    """Every stored row's id and digest (no vectors), read with a query iterator."""
+    iterator = client.query_iterator(
+        name, batch_size=WRITE_BATCH * 4, output_fields=[ID_FIELD, DIGEST_FIELD], filter=""
+    )
+    out: dict[str, int] = {}
+    try:
+        while batch := iterator.next():
+            out.update((row[ID_FIELD], int(row[DIGEST_FIELD])) for row in batch)
+    finally:
+        iterator.close()
+    return out
+
+
+# --- the backend -----------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Collection:
+    """A collection shared by a chain of backends (one per gallery state of one view)."""
+
+    client: MilvusClient
+    name: str
+    kind: ViewKind
+    dim: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    #: a sync failed half-way: the next backend must reconcile, not trust the diff
+    dirty: bool = False
+
+
+#: (uri, prefix) -> live collections by view kind, to tell the original view from the InvGC one
+_live: dict[tuple[str, str], dict[str, weakref.ref[_Collection]]] = {}
+_live_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What one backend construction wrote: ``mode`` is "diff", "reconcile" or "none"."""
+
+    mode: str
+    upserted: int
+    deleted: int
+    seconds: float
+
+
+class MilvusBackend(SearchBackend):
+    """Search one gallery view stored in Milvus; keeps the collection in sync with the view.
+
+    Options (settings ``HUBLESS_MILVUS_*``): uri (a milvus-lite file or ``http://host:19530``),
+    token, collection (the prefix: ``<prefix>_original`` / ``<prefix>_invgc``), index
+    (flat | hnsw | ivf_flat), consistency (Milvus level for searches, default Strong),
+    read_only (search only; a writer keeps the collection in sync), kind (original | invgc |
+    auto: by construction order, see :meth:`_claim`), fetch_slack (extra hits asked for up
+    front, saving a second request when unknown ids are skipped), ef / nprobe (HNSW / IVF
+    search breadth).
+    """
+
+    name = "milvus"
+
+    def __init__(
+        self,
+        view: GalleryView,
+        ids: tuple[str, ...],
+        previous: SearchBackend | None = None,
+        *,
+        uri: str = DEFAULT_URI,
+        token: str | None = None,
+        collection: str = DEFAULT_PREFIX,
+        index: IndexKind = "flat",
+        consistency: str = "Strong",
+        read_only: bool = False,
+        kind: ViewKind | Literal["auto"] = "auto",
+        fetch_slack: int = 0,
+        ef: int = 128,
+        nprobe: int = 32,
+    ) -> None:
+        super().__init__(view, ids, previous)
+        if index not in _INDEXES:
+            raise ValueError(f"unknown Milvus index {index!r}; expected one of {list(_INDEXES)}")
+        self.index: IndexKind = index
+        self.consistency = consistency
+        self.read_only = read_only
+        self.fetch_slack = int(fetch_slack)
+        self._ef, self._nprobe = int(ef), int(nprobe)
+        dim = view.embeddings.shape[1] + EXTRA_DIMS
+        started = time.perf_counter()
+        chained = (
+            isinstance(previous, MilvusBackend)
+            and previous._collection.dim == dim
+            and previous._key == (uri, collection)
+            and kind in ("auto", previous._collection.kind)
+        )
+        self._key = (uri, collection)
+        if chained:
+            assert isinstance(previous, MilvusBackend)
+            self._collection = previous._collection
+        else:
+            client = milvus_client(uri, token)
+            view_kind = self._claim(kind)
+            name = collection_name(collection, view_kind)
+            if read_only:
+                if not client.has_collection(name):
+                    raise RuntimeError(f"read-only Milvus backend: no collection {name!r} yet")
+                client.load_collection(name)
+            else:
+                ensure_collection(client, name, dim, index, consistency)
+            self._collection = _Collection(client, name, view_kind, dim)
+            self._register()
+        if read_only:
+            self.sync = SyncReport("none", 0, 0, 0.0)
+        elif chained and not self._collection.dirty:
+            assert isinstance(previous, MilvusBackend)
+            self.sync = self._write(lambda: self._diff(previous), "diff", started)
+        else:
+            self.sync = self._write(self._reconcile, "reconcile", started)
+
+    # --- which collection --------------------------------------------------------------------
+
+    def _claim(self, kind: ViewKind | Literal["auto"]) -> ViewKind:
+        """The view kind of a backend built without a predecessor.
+
+        The engine builds a state's original-view backend first, then (InvGC on) the adjusted
+        one, with nothing telling them apart; so "auto" takes ``original`` unless a live
+        collection chain of this process already holds it, then ``invgc``. Two live engines on
+        one prefix would overwrite each other's collections anyway, so a third claim fails.
+        """
+        if kind != "auto":
+            return kind
+        with _live_lock:
+            live = _live.get(self._key, {})
+            for candidate in ("original", "invgc"):
+                ref = live.get(candidate)
+                if ref is None or ref() is None:
+                    return candidate  # type: ignore[return-value]
+        raise RuntimeError(
+            f"two live engines use the Milvus collection prefix {self._key[1]!r} on {self._key[0]}"
+            "; give each its own HUBLESS_MILVUS_COLLECTION"
+        )
+
+    def _register(self) -> None:
+        with _live_lock:
+            self_ref = weakref.ref(self._collection)
+            _live.setdefault(self._key, {})[self._collection.kind] = self_ref
+
+    @property
+    def collection_name(self) -> str:
+        return self._collection.name
+
+    # --- sync --------------------------------------------------------------------------------
+
+    def _write(self, apply: Any, mode: str, started: float) -> SyncReport:
+        """Run one sync under the collection's lock; a failure leaves it marked dirty."""
+        handle = self._collection
+        with handle.lock:
+            try:
+                upserted, deleted = apply()
+            except BaseException:
+                handle.dirty = True
+                raise
+            handle.dirty = False
+        report = SyncReport(mode, upserted, deleted, round(time.perf_counter() - started, 4))
+        log.info(
+            "milvus collection synced",
+            extra={"collection": handle.name, "size": len(self.ids), **report.__dict__},
+        )
+        return report
+
+    def _diff(self, previous: MilvusBackend) -> tuple[int, int]:
+        """Delete ids that left; upsert ids that arrived or whose row changed."""
+        before = previous._rows
+        removed = [i for i in previous.ids if i not in self._rows]
+        write: list[int] = []
+        common_now: list[int] = []
+        common_before: list[int] = []
+        for row, item_id in enumerate(self.ids):
+            old = before.get(item_id)
+            if old is None:
+                write.append(row)
+            else:
+                common_now.append(row)
+                common_before.append(old)
+        changed = _changed_rows(
+            self.view,
+            np.asarray(common_now, np.int64),
+            previous.view,
+            np.asarray(common_before, np.int64),
+        )
+        rows = np.sort(np.concatenate([np.asarray(write, np.int64), changed]))
+        return self._upsert(rows), self._delete(removed)
+
+    def _reconcile(self) -> tuple[int, int]:
+        """Make the stored collection equal the view, reading only ids and digests."""
+        stored = stored_digests(self._collection.client, self._collection.name)
+        stale: list[np.ndarray] = [np.empty(0, np.int64)]
+        for rows in _row_chunks(len(self.ids)):
+            digests = row_digests(view_coordinates(self.view, rows))
+            ids = self.ids[rows.start : rows.stop]
+            differs = [stored.get(i) != int(h) for i, h in zip(ids, digests, strict=True)]
+            stale.append(np.flatnonzero(differs) + rows.start)
+        removed = [i for i in stored if i not in self._rows]
+        return self._upsert(np.concatenate(stale)), self._delete(removed)
+
+    def _upsert(self, rows: np.ndarray) -> int:
+        handle = self._collection
+        for start in range(0, len(rows), WRITE_BATCH):
+            part = rows[start : start + WRITE_BATCH]
+            ids = [self.ids[r] for r in part]
+            upsert_rows(handle.client, handle.name, ids, view_coordinates(self.view, part))
+        return len(rows)
+
+    def _delete(self, ids: list[str]) -> int:
+        return delete_ids(self._collection.client, self._collection.name, ids)
+
+    @cached_property
+    def _rows(self) -> dict[str, int]:
+        return {item_id: row for row, item_id in enumerate(self.ids)}
+
+    # --- searching ---------------------------------------------------------------------------
+
+    def search(self, queries: np.ndarray, plan: QueryPlan, k: int) -> tuple[np.ndarray, np.ndarray]:
+        coords = plan.query_coordinates(queries.astype(np.float32, copy=False))
+        hits = self._known_hits(coords, k)
+        width = min((len(rows) for rows, _ in hits), default=0)  # rectangular: fewest known
+        rows = np.array([r[:width] for r, _ in hits], np.int64).reshape(len(hits), width)
+        scores = np.array([d[:width] for _, d in hits], np.float64).reshape(len(hits), width)
+        return rows, scores + plan.offsets[:, None]
+
+    def top1(self, queries: np.ndarray) -> np.ndarray:
+        zeros = np.zeros((queries.shape[0], EXTRA_DIMS), queries.dtype)
+        coords = np.hstack([queries, zeros]).astype(np.float32, copy=False)
+        best = np.array([r[0] if r else -1 for r, _ in self._known_hits(coords, 1)], np.int64)
+        lost = best < 0  # every hit was unknown to this state: answer from the local view
+        if lost.any():
+            best[lost] = top1_raw(queries[lost], self.view.embeddings)
+        return best
+
+    def _known_hits(self, coords: np.ndarray, k: int) -> list[tuple[list[int], list[float]]]:
+        """Per query, the rows and inner products of its best hits that this backend's ids
+        include (at most k, best first). Unknown ids (written after this backend) are skipped;
+        a query left short while more hits exist is asked again with twice the limit."""
+        want = min(k, len(self.ids))
+        if want > MAX_LIMIT:
+            raise ValueError(f"Milvus returns at most {MAX_LIMIT} hits; asked for {want}")
+        out: list[tuple[list[int], list[float]]] = [([], [])] * coords.shape[0]
+        pending = np.arange(coords.shape[0])
+        limit = min(want + self.fetch_slack, MAX_LIMIT)
+        while pending.size:
+            short = []
+            for query, hits in zip(pending, self._raw_search(coords[pending], limit), strict=True):
+                known = [
+                    (self._rows[h["id"]], h["distance"]) for h in hits if h["id"] in self._rows
+                ]
+                out[query] = ([r for r, _ in known[:want]], [d for _, d in known[:want]])
+                if len(known) < want and len(hits) == limit < MAX_LIMIT:
+                    short.append(query)
+            pending, limit = np.asarray(short, np.int64), min(2 * limit, MAX_LIMIT)
+        return out
+
+    def _raw_search(self, coords: np.ndarray, limit: int) -> Iterator[list[dict]]:
+        handle = self._collection
+        params: dict[str, object] = {"metric_type": "IP"}
+        if self.index == "hnsw":
+            params["params"] = {"ef": max(self._ef, limit)}
+        elif self.index == "ivf_flat":
+            params["params"] = {"nprobe": self._nprobe}
+        for start in range(0, coords.shape[0], SEARCH_BATCH):
+            yield from handle.client.search(
+                handle.name,
+                data=list(coords[start : start + SEARCH_BATCH]),
+                limit=limit,
+                output_fields=[],
+                search_params=params,
+                consistency_level=self.consistency,
+            )
+
+
+def _row_chunks(n: int, rows: int = 65536) -> Iterator[slice]:
+    for start in range(0, n, rows):
+        yield slice(start, min(n, start + rows))
+
+
+def _changed_rows(
+    view: GalleryView, rows: np.ndarray, before: GalleryView, before_rows: np.ndarray
+) -> np.ndarray:
+    """Of the pairs (rows[i] in ``view``, before_rows[i] in ``before``), the rows of ``view``
+    whose embedding or stats differ (exact comparison, blocked to bound memory)."""
+    changed: list[np.ndarray] = []
+    for sl in _row_chunks(len(rows)):
+        now, old = rows[sl], before_rows[sl]
+        differs = (view.embeddings[now] != before.embeddings[old]).any(axis=1)
+        differs |= (view.stats[now] != before.stats[old]).any(axis=1)
+        changed.append(now[differs])
+    return np.concatenate(changed) if changed else np.empty(0, np.int64)

@@ -1,0 +1,149 @@
+"""``hubless export``: write the bias-augmented gallery to Parquet and/or a Milvus collection.
+
+Reads the gallery and the banks the settings name (``HUBLESS_GALLERY`` …, ``--env-file``),
+computes ``[g, stat(g)]`` for every item in parallel chunks (bounded memory, see
+:mod:`service.export.chunked`) and writes:
+
+- ``--out DIR``: ``DIR/gallery.parquet``, ``DIR/gallery.json`` (the sidecar: columns, params,
+  query recipes) and ``DIR/activation.json`` (the dynamic methods' activation sets);
+- ``--milvus-uri URI``: the collection ``--collection`` (default ``<prefix>_<view>``, the name
+  the Milvus backend uses, so a service started on it has nothing to write); without ``--out``
+  the sidecar and activation file go to ``./<collection>.json`` and
+  ``./<collection>.activation.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from service.export.chunked import DEFAULT_CHUNK_ROWS
+
+DEFAULT_PREFIX = "hubless"  # the Milvus backend's default collection prefix
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``export`` sub-command to the CLI's subparsers."""
+    parser = subparsers.add_parser(
+        "export",
+        help="export the bias-augmented gallery [g, stat(g)] to Parquet and/or Milvus",
+        description=(
+            "Compute each gallery item's d+4 coordinates [g, stat(g)] (every method is an inner "
+            "product with [w*q, c(q)]) in parallel chunks from a memory-mapped .npy, and write "
+            "them to a Parquet file and/or a Milvus collection, with a JSON sidecar telling how "
+            "to build query vectors for each method. Settings (gallery, banks, parameters) come "
+            "from HUBLESS_* variables and --env-file, as for `hubless serve`."
+        ),
+    )
+    target = parser.add_argument_group("outputs (at least one)")
+    target.add_argument("--out", type=Path, help="directory for gallery.parquet and the sidecar")
+    target.add_argument("--milvus-uri", help="Milvus URI: http://host:19530 or a milvus-lite .db")
+    parser.add_argument("--format", choices=["parquet"], default="parquet", help="file format")
+    parser.add_argument(
+        "--collection",
+        help="Milvus collection (default: <HUBLESS_MILVUS_COLLECTION or 'hubless'>_<view>)",
+    )
+    parser.add_argument(
+        "--milvus-token", help="Milvus token (default: HUBLESS_MILVUS_TOKEN, if set)"
+    )
+    parser.add_argument(
+        "--index",
+        choices=["flat", "hnsw", "ivf_flat"],
+        help="Milvus index of a new collection (default: HUBLESS_MILVUS_INDEX or flat)",
+    )
+    parser.add_argument(
+        "--invgc",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="export the InvGC-adjusted view (default: HUBLESS_INVGC) or the original one",
+    )
+    parser.add_argument("--env-file", type=Path, help="a file of HUBLESS_* settings")
+    parser.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=DEFAULT_CHUNK_ROWS,
+        help=f"gallery rows per chunk (default {DEFAULT_CHUNK_ROWS}); memory ~ rows x workers",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="chunks computed in parallel (threads; default: CPU count)",
+    )
+    parser.add_argument(
+        "--metadata", type=Path, help="JSON lines, one object (or empty line) per gallery row"
+    )
+    parser.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Run the export the parsed arguments describe; prints the sidecar's summary as JSON."""
+    from service.algorithms import Banks, InputError
+    from service.engine.loading import DataError, load_embeddings
+    from service.export.chunked import ExportJob, MappedGallery
+    from service.export.pipeline import export_gallery
+    from service.export.writers import LineSource, MilvusSink, ParquetSink, Sink
+    from service.settings import Settings
+
+    if args.out is None and args.milvus_uri is None:
+        print("hubless export: give --out DIR and/or --milvus-uri URI", file=sys.stderr)
+        return 2
+    if args.chunk_rows < 1 or args.workers < 1:
+        print("hubless export: --chunk-rows and --workers must be >= 1", file=sys.stderr)
+        return 2
+    settings = Settings(_env_file=args.env_file)  # type: ignore[call-arg]
+    sinks: list[Sink] = []
+    try:
+        bq_path, bg_path = settings.bank_paths()
+        banks = Banks.from_arrays(load_embeddings(bq_path), load_embeddings(bg_path))
+        gallery = MappedGallery(settings.gallery_path())
+        use_invgc = settings.invgc if args.invgc is None else args.invgc
+        job = ExportJob(
+            gallery,
+            banks,
+            settings.norm_params(),
+            settings.invgc_params() if use_invgc else None,
+            chunk_rows=args.chunk_rows,
+            workers=args.workers,
+        )
+        n, d = gallery.shape
+        if d != banks.dim:
+            raise InputError("gallery", f"expected dimension {banks.dim}, got {d}")
+        ids = LineSource(settings.gallery_ids_path(), n)
+        metadata = LineSource(args.metadata, n, "metadata") if args.metadata else None
+        if args.out is not None:
+            sinks.append(ParquetSink(args.out / "gallery.parquet", d + 4))
+            sidecar, activation = args.out / "gallery.json", args.out / "activation.json"
+        if args.milvus_uri is not None:
+            collection = args.collection or _milvus_default(settings, "collection", job.view)
+            token = args.milvus_token or _milvus_default(settings, "token", job.view)
+            index = args.index or _milvus_default(settings, "index", job.view)
+            sinks.append(MilvusSink(args.milvus_uri, token, collection, d + 4, index))
+            if args.out is None:
+                sidecar = Path(f"{collection}.json")
+                activation = Path(f"{collection}.activation.json")
+        payload = export_gallery(job, ids, metadata, sinks, sidecar, activation)
+    except (DataError, InputError, OSError) as exc:
+        for sink in sinks:
+            sink.abort()
+        print(f"hubless export: {exc}", file=sys.stderr)
+        return 2
+    summary = {key: payload[key] for key in ("rows", "vector_dim", "view", "outputs", "timing")}
+    print(json.dumps({"sidecar": str(sidecar), **summary}, indent=2))
+    return 0
+
+
+def _milvus_default(settings: Any, name: str, view: str) -> Any:
+    """The service's Milvus setting ``milvus_<name>`` (so export and service name the same
+    collection), or the backend's default where the settings do not define it."""
+    value = getattr(settings, f"milvus_{name}", None)
+    if name == "collection":
+        return f"{value or DEFAULT_PREFIX}_{view}"
+    if name == "token":
+        secret = value or os.environ.get("HUBLESS_MILVUS_TOKEN")
+        return getattr(secret, "get_secret_value", lambda: secret)()
+    return value or "flat"
