@@ -149,6 +149,12 @@ class TuneResult:
     invgc: InvGCParams
     notes: list[str] = field(default_factory=list)
 
+    def _by_config(self) -> dict[str, list[Point]]:
+        groups: dict[str, list[Point]] = {}
+        for p in self.points:
+            groups.setdefault(p.config.key, []).append(p)
+        return groups
+
     def best_per_config(self) -> dict[str, Point]:
         best: dict[str, Point] = {}
         for p in self.points:
@@ -185,14 +191,23 @@ class TuneResult:
         return "\n".join([*head, *(f"{k}={v}" for k, v in self.env().items())]) + "\n"
 
     def as_dict(self) -> dict[str, Any]:
-        """The full grid, compact: per configuration, its varied parameter names and rows of
-        ``[*values, R@1, MRR]`` in grid order."""
+        """The full grid, compact: per configuration, the parameters it holds fixed, the names
+        of those it varies and rows of ``[*varied values, R@1, MRR]`` in grid order."""
         sweeps: dict[str, dict[str, Any]] = {}
-        for p in self.points:
-            sweep = sweeps.setdefault(
-                p.config.key, {"label": p.config.label, "params": list(p.params), "rows": []}
-            )
-            sweep["rows"].append([*p.params.values(), round(p.r1, 6), round(p.mrr, 6)])
+        for key, points in self._by_config().items():
+            names = list(points[0].params)
+            # e.g. the InvGC parameters of every "invgc+…" point
+            fixed = [n for n in names if len(points) > 1 and len({p.params[n] for p in points}) < 2]
+            varied = [n for n in names if n not in fixed]
+            sweeps[key] = {
+                "label": points[0].config.label,
+                "fixed": {n: points[0].params[n] for n in fixed},
+                "params": varied,
+                "rows": [
+                    [*(p.params[n] for n in varied), round(p.r1, 6), round(p.mrr, 6)]
+                    for p in points
+                ],
+            }
         best = {
             key: {"label": p.config.label, "params": p.params, "r1": p.r1, "mrr": p.mrr}
             for key, p in self.best_per_config().items()
