@@ -1,0 +1,155 @@
+"""Durability at engine level: changes survive a restart, compaction keeps the gallery, a torn
+log tail is cut off with a warning, and the precompute cache is reused only when it fits."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.algorithms import check_embeddings
+from service.engine import Engine
+from service.engine.startup import load_engine
+from service.settings import Settings
+
+from . import DemoFiles, demo_queries, write_demo_slices
+
+METHODS = ("raw", "dualdis", "csls")  # the static, dynamic and weighted paths
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> DemoFiles:
+    return write_demo_slices(tmp_path / "data")
+
+
+@pytest.fixture
+def settings(files: DemoFiles, tmp_path: Path) -> Settings:
+    return files.settings(tmp_path / "var")
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return check_embeddings(x, field="test")
+
+
+def _changes(engine: Engine, files: DemoFiles) -> list[int]:
+    """Four changes (insert, update, delete, insert+update); the versions they produced."""
+    rng = np.random.default_rng(7)
+    new = _unit(rng.normal(size=(6, 384)).astype(np.float32))
+    meta = [{"n": i, "tag": "ü"} for i in range(6)]
+    return [
+        engine.upsert(["n0", "n1", "n2"], new[:3], meta[:3]).version,
+        engine.upsert([files.ids[5], "n1"], new[3:5], meta[3:5]).version,
+        engine.delete([files.ids[9], "n2"]).version,
+        engine.upsert(["n3", files.ids[5]], new[4:6], [None, {"again": True}]).version,
+    ]
+
+
+def _assert_same_engine(actual: Engine, expected: Engine) -> None:
+    """Same version, ids, metadata and embeddings, and the same answers for every method."""
+    a, e = actual.state, expected.state
+    assert a.version == e.version
+    assert a.ids == e.ids
+    assert [dict(m) if m else m for m in a.metadata] == [dict(m) if m else m for m in e.metadata]
+    # a snapshot is re-normalised on load, which may move the last bit of a float32
+    np.testing.assert_allclose(a.original.embeddings, e.original.embeddings, rtol=0, atol=1e-7)
+    queries = _unit(demo_queries(10)[0])
+    for method in METHODS:
+        for invgc in (False, True):
+            got = actual.search(queries, k=10, method=method, invgc=invgc)
+            want = expected.search(queries, k=10, method=method, invgc=invgc)
+            assert got.ids == want.ids, (method, invgc)
+            np.testing.assert_allclose(np.array(got.scores), np.array(want.scores), atol=1e-6)
+
+
+def _ready_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage() == "engine ready"]
+
+
+def test_changes_survive_a_restart(settings: Settings, files: DemoFiles) -> None:
+    engine = load_engine(settings)
+    assert _changes(engine, files) == [2, 3, 4, 5]
+    restarted = load_engine(settings)
+    _assert_same_engine(restarted, engine)
+    assert restarted.state.metadata[restarted.state.rows[files.ids[5]]] == {"again": True}
+    # and the restarted engine keeps logging: a further change survives the next restart too
+    restarted.delete(["n0"])
+    _assert_same_engine(load_engine(settings), restarted)
+
+
+def test_compaction_then_restart_gives_the_same_gallery(
+    settings: Settings, files: DemoFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = load_engine(settings)
+    _changes(engine, files)
+    assert engine.compact() == 5
+    store = next((settings.data_dir / "galleries").iterdir())
+    assert (store / "changes.log").stat().st_size == 0
+    _assert_same_engine(load_engine(settings), engine)
+    # changes after a compaction are logged on top of the snapshot
+    engine.delete(["n1"])
+    caplog.set_level(logging.INFO)
+    _assert_same_engine(load_engine(settings), engine)
+    assert _ready_records(caplog)[-1].replayed_changes == 1
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_a_torn_log_tail_is_ignored_with_a_warning(
+    settings: Settings, files: DemoFiles, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    engine = load_engine(settings)
+    rng = np.random.default_rng(3)
+    engine.upsert(["a"], _unit(rng.normal(size=(1, 384))), [None])
+    engine.delete([files.ids[0]])
+    intact = engine.state
+    log_path = next((settings.data_dir / "galleries").iterdir()) / "changes.log"
+    intact_size = log_path.stat().st_size
+    engine.upsert(["b", "c"], _unit(rng.normal(size=(2, 384))), [None, None])
+    with log_path.open("r+b") as handle:
+        if damage == "truncate":  # a crash in the middle of writing the last record
+            handle.truncate(log_path.stat().st_size - 5)
+        else:  # junk after the last record replaces it
+            handle.truncate(intact_size)
+            handle.seek(0, 2)
+            handle.write(b"HBL1\x00garbage that is no record")
+
+    caplog.set_level(logging.INFO)
+    restarted = load_engine(settings)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("torn" in r.getMessage() for r in warnings)
+    assert restarted.state.ids == intact.ids and restarted.state.version == intact.version
+    assert "b" not in restarted.state.rows and files.ids[0] not in restarted.state.rows
+    assert log_path.stat().st_size == intact_size  # the tail was cut off
+    # the log is usable again: the next change and a restart see everything
+    restarted.upsert(["d"], _unit(rng.normal(size=(1, 384))), [None])
+    _assert_same_engine(load_engine(settings), restarted)
+
+
+def test_the_precompute_cache_is_reused_only_for_the_same_parameters(
+    settings: Settings, files: DemoFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    first = load_engine(settings)
+    second = load_engine(settings)
+    changed = load_engine(settings.model_copy(update={"beta_gallery_bank": 5.0}))
+    again = load_engine(settings.model_copy(update={"beta_gallery_bank": 5.0}))
+    uncached = load_engine(settings.model_copy(update={"cache": False}))
+    cached = [r.precompute_cached for r in _ready_records(caplog)]
+    assert cached == [False, True, False, True, False]
+    _assert_same_engine(second, first)
+    _assert_same_engine(uncached, first)
+    _assert_same_engine(again, changed)
+    queries = _unit(demo_queries(3)[0])
+    scores = [e.search(queries, k=3, method="dualis", invgc=True).scores for e in (first, again)]
+    assert not np.allclose(scores[0], scores[1])  # beta changed the scores: not the old cache
+
+
+def test_the_version_continues_after_compaction(settings: Settings, files: DemoFiles) -> None:
+    """A version number must never name two different galleries, even across restarts."""
+    engine = load_engine(settings)
+    _changes(engine, files)
+    engine.compact()
+    restarted = load_engine(settings)
+    assert restarted.state.version == engine.state.version == 5
+    assert restarted.delete(["n0"]).version == 6
