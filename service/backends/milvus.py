@@ -53,8 +53,11 @@ MAX_LIMIT = 16384
 #: Rows per insert/delete request and queries per search request: keeps gRPC messages small.
 WRITE_BATCH = 4096
 SEARCH_BATCH = 256
-#: Ids per delete request: each becomes a quoted literal in one filter expression.
-DELETE_BATCH = 1024
+#: Ids per delete or get request: each becomes a quoted literal in one filter expression.
+FILTER_BATCH = 1024
+
+#: A stored row this close to the computed one (float32 recomputation noise) is left alone.
+RECONCILE_ATOL = 1e-6
 
 _INDEXES: dict[str, tuple[str, dict[str, int]]] = {
     "flat": ("FLAT", {}),
@@ -180,8 +183,8 @@ def upsert_rows(
 
 
 def delete_ids(client: MilvusClient, name: str, ids: list[str]) -> int:
-    for start in range(0, len(ids), DELETE_BATCH):
-        client.delete(name, filter=id_filter(ids[start : start + DELETE_BATCH]))
+    for start in range(0, len(ids), FILTER_BATCH):
+        client.delete(name, filter=id_filter(ids[start : start + FILTER_BATCH]))
     return len(ids)
 
 
@@ -201,6 +204,18 @@ def _literal(text: str) -> str:
 
 
 _ESCAPES = {ord("\\"): "\\\\", ord('"'): '\\"', ord("\n"): "\\n", ord("\r"): "\\r"}
+
+
+def stored_vectors(client: MilvusClient, name: str, ids: list[str]) -> dict[str, np.ndarray]:
+    """The stored vectors of some ids (those missing are absent from the result)."""
+    out: dict[str, np.ndarray] = {}
+    for start in range(0, len(ids), FILTER_BATCH):
+        part = ids[start : start + FILTER_BATCH]
+        rows = client.query(
+            name, filter=id_filter(part), output_fields=[VECTOR_FIELD], limit=len(part)
+        )
+        out.update((row[ID_FIELD], np.asarray(row[VECTOR_FIELD], np.float32)) for row in rows)
+    return out
 
 
 def stored_digests(client: MilvusClient, name: str) -> dict[str, int]:
@@ -394,14 +409,27 @@ class MilvusBackend(SearchBackend):
         return self._upsert(rows), self._delete(removed)
 
     def _reconcile(self) -> tuple[int, int]:
-        """Make the stored collection equal the view, reading only ids and digests."""
-        stored = stored_digests(self._collection.client, self._collection.name)
+        """Make the stored collection equal the view, reading ids and digests, and vectors only
+        of rows whose digest differs (a recomputation elsewhere, e.g. by ``hubless export``,
+        may differ in the last bits: such rows are close enough and are left alone)."""
+        handle = self._collection
+        stored = stored_digests(handle.client, handle.name)
         stale: list[np.ndarray] = [np.empty(0, np.int64)]
         for rows in _row_chunks(len(self.ids)):
-            digests = row_digests(view_coordinates(self.view, rows))
+            coords = view_coordinates(self.view, rows)
             ids = self.ids[rows.start : rows.stop]
-            differs = [stored.get(i) != int(h) for i, h in zip(ids, digests, strict=True)]
-            stale.append(np.flatnonzero(differs) + rows.start)
+            digests = row_digests(coords)
+            suspect = [
+                j for j, (i, h) in enumerate(zip(ids, digests, strict=True)) if stored.get(i) != h
+            ]
+            vectors = stored_vectors(handle.client, handle.name, [ids[j] for j in suspect])
+            far = [
+                j
+                for j in suspect
+                if ids[j] not in vectors
+                or not np.allclose(vectors[ids[j]], coords[j], rtol=0, atol=RECONCILE_ATOL)
+            ]
+            stale.append(np.asarray(far, np.int64) + rows.start)
         removed = [i for i in stored if i not in self._rows]
         return self._upsert(np.concatenate(stale)), self._delete(removed)
 
