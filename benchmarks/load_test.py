@@ -373,6 +373,7 @@ class LoadRun:
     def run(self) -> LoadReport:
         with httpx.Client(base_url=self.base_url, timeout=30.0) as client:
             initial_version = client.get("/readyz").json()["version"]
+        load_before = os.getloadavg()[0]  # the machine may be shared: say how busy it was
         deadline = time.monotonic() + self.duration
         threads = [
             threading.Thread(target=self._searcher, args=(i, deadline), name=f"search-{i}")
@@ -400,6 +401,7 @@ class LoadRun:
                 "writer_threads": self.writer_threads,
                 "queries_per_search": len(self.query_body),
                 "items_per_upsert": len(self.probes) + self.fillers,
+                "load_average_before": load_before,
             },
         )
 
@@ -586,7 +588,9 @@ def load_section(report: LoadReport, gallery_rows: int) -> str:
             f"the same machine), demo gallery of {gallery_rows} items (384-d), banks of 2000: "
             f"{c['search_threads']} search threads ({c['queries_per_search']} queries per "
             f"request, k = 10, method and InvGC view drawn at random) and "
-            f"{c['writer_threads']} writer thread ({c['items_per_upsert']} items per upsert).",
+            f"{c['writer_threads']} writer thread ({c['items_per_upsert']} items per upsert). "
+            f"The machine's 1-minute load average was {c['load_average_before']:.1f} before the "
+            "run (other work shares it), so these figures are a floor, not a capacity plan.",
             "",
             *rows,
             "",

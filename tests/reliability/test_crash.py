@@ -188,10 +188,14 @@ def _start(tmp_path: Path, rows: int) -> tuple[Server, dict[str, str], Gallery]:
 
 
 def test_sigkill_mid_stream_loses_no_acknowledged_change(tmp_path: Path) -> None:
+    """Recovery goes through a snapshot taken mid-stream plus the log written after it."""
     server, env, start = _start(tmp_path, rows=300)
     try:
         writer = Writer(server.url, start, batch=4, seed=1)
         writer.start()
+        writer.wait_for(6)
+        with httpx.Client(base_url=server.url, timeout=60.0) as client:  # compact mid-stream
+            assert client.post("/admin/snapshot").status_code == 200
         writer.wait_for(12)
         time.sleep(float(np.random.default_rng().uniform(0, 0.05)))  # land mid-request
         server.kill()
