@@ -259,3 +259,14 @@ def test_bad_diagnostics_requests(limited: TestClient, body: dict, status: int, 
 @pytest.mark.parametrize(("k", "field"), [(0, "k"), (51, "k"), ("x", "k")])
 def test_bad_diagnostics_k(limited: TestClient, k: object, field: str) -> None:
     assert_error(limited.get("/diagnostics", params={"k": k}), 422, field)
+
+
+def test_large_finite_values_keep_their_direction(limited: TestClient, demo: DemoFiles) -> None:
+    """Finite float32 values whose squares overflow are a valid direction, not a zero vector."""
+    direction = np.sign(demo.embeddings[0]).astype(np.float64)
+    plain = limited.post("/search", json={"query": direction.tolist(), "k": 5}).json()
+    large = limited.post("/search", json={"query": (direction * 3e37).tolist(), "k": 5})
+    assert large.status_code == 200, large.text
+    assert [h["id"] for h in large.json()["results"][0]] == [h["id"] for h in plain["results"][0]]
+    tiny = {"query": [1e-30] * DIM}  # below float32's usable norm: no direction
+    assert_error(limited.post("/search", json=tiny), 422, "query", "zero")
