@@ -11,6 +11,7 @@ import pytest
 
 from service.algorithms import check_embeddings
 from service.engine import Engine
+from service.engine.persistence import GalleryStore
 from service.engine.startup import load_engine
 from service.settings import Settings
 
@@ -153,3 +154,21 @@ def test_the_version_continues_after_compaction(settings: Settings, files: DemoF
     restarted = load_engine(settings)
     assert restarted.state.version == engine.state.version == 5
     assert restarted.delete(["n0"]).version == 6
+
+
+def test_a_change_that_cannot_be_logged_is_not_applied(
+    settings: Settings, files: DemoFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Durable before visible: if the log write fails, nobody ever sees the change."""
+    engine = load_engine(settings)
+    before = engine.state
+
+    def full_disk(store: GalleryStore, change: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(GalleryStore, "append", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        engine.delete([files.ids[0]])
+    assert engine.state is before
+    monkeypatch.undo()
+    _assert_same_engine(load_engine(settings), engine)
