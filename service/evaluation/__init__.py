@@ -9,7 +9,7 @@
 - :mod:`~service.evaluation.commands`: the CLI sub-commands.
 """
 
-from service.evaluation.evaluate import Evaluation, Row, beta_curve, evaluate_offline
+from service.evaluation.evaluate import Evaluation, Row, Table, beta_curve, evaluate_offline
 from service.evaluation.methods import DEFAULT_CONFIGS, Config, Split, parse_configs
 from service.evaluation.tune import Grid, TuneResult, tune
 
@@ -20,6 +20,7 @@ __all__ = [
     "Grid",
     "Row",
     "Split",
+    "Table",
     "TuneResult",
     "beta_curve",
     "evaluate_offline",

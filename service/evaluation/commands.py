@@ -9,6 +9,7 @@ configuration on the test split with the algorithm core, or, with ``--url``, a r
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 from pathlib import Path
@@ -46,6 +47,13 @@ def register(subparsers: Any) -> None:
         type=Path,
         metavar="ENV_FILE",
         help="HUBLESS_* parameters, e.g. tune's tuned.env (default: the settings' defaults)",
+    )
+    evaluate.add_argument(
+        "--tuned",
+        type=Path,
+        metavar="TUNE_JSON",
+        help="tune's tune.json: add (first) a table where each configuration runs with its own "
+        "best validation parameters",
     )
     evaluate.add_argument(
         "--methods",
@@ -143,6 +151,20 @@ OFFLINE_NOTES = (
     "InvGC), shared by all methods on that variant; Search: planning plus exact blocked top-10 "
     "search for all test queries (ranking for the metrics is not timed).",
 )
+PER_CONFIG_TITLE = "Each configuration with its own validation-tuned parameters"
+PER_CONFIG_TEXT = (
+    "Every configuration runs with the parameters that were best for it alone on the "
+    "validation split (tune.json, `best`); configurations the tuner does not search (InvGC "
+    'full) use the --params values. This answers "does the method help once tuned"; one '
+    "service cannot serve all of these at once (it has one β pair, one α, one set of rates)."
+)
+SHARED_TITLE = "One service's parameters"
+SHARED_TEXT = (
+    "Every configuration runs with the single parameter set of {source}: what `hubless serve "
+    "--env-file` with that file serves (one β pair shared by IS/DIS/DualIS/DualDIS, chosen by "
+    "tune for its default configuration; one NNN α; one set of InvGC rates)."
+)
+SERVICE_TEXT = "Every method with InvGC off and on, as the running service answers them."
 SERVICE_NOTES = (
     "Client mode: R@k and hubness from the ids POST /search returned; MRR is MRR@k (a miss "
     "counts 0) and MedR is shown only when within k. InvGC rows use the service's configured "
@@ -156,9 +178,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from service.datasets.build import load_dataset
     from service.evaluation.evaluate import (
         Evaluation,
+        Table,
         beta_curve,
         evaluate_offline,
         params_dict,
+        tuned_params,
     )
     from service.evaluation.methods import Split, parse_configs
     from service.evaluation.report import markdown_table, write_report
@@ -182,23 +206,37 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 client, split, methods, k=args.k, batch_size=args.batch_size, progress=progress
             )
         notes = [*SERVICE_NOTES, f"Client on {cores}."]
-        evaluation = Evaluation("service", info, {"url": args.url}, rows, None, notes)
+        served = Table("service", f"Service at {args.url}", SERVICE_TEXT, rows)
+        evaluation = Evaluation("service", info, {"url": args.url}, [served], None, notes)
         source, prefix = f"those of the service at {args.url}", "service-"
         options: tuple[str, ...] = ("--dataset", "--out", "--url", "--methods", "--k")
     else:
         settings = Settings(_env_file=args.params)  # type: ignore[call-arg]
-        norm, invgc = settings.norm_params(), settings.invgc_params()
+        base = (settings.norm_params(), settings.invgc_params())
         banks = Banks.from_arrays(dataset.query_bank, dataset.gallery_bank)
         configs = parse_configs(args.methods)
-        rows, original = evaluate_offline(
-            split, banks, norm, invgc, configs, progress=not args.quiet
-        )
-        curve = None if args.no_curve else beta_curve(split, banks, norm, view=original)
+
+        def table(key: str, title: str, text: str, params_for: Any) -> Table:
+            rows = evaluate_offline(split, banks, configs, params_for, progress=not args.quiet)
+            return Table(key, title, text, rows)
+
+        tables = []
+        if args.tuned:
+            best = json.loads(args.tuned.read_text("utf-8"))["best"]
+            params_for = tuned_params(base, {k: v["params"] for k, v in best.items()})
+            tables.append(table("per_config", PER_CONFIG_TITLE, PER_CONFIG_TEXT, params_for))
+        if args.params or not args.tuned:
+            text = SHARED_TEXT.format(source=f"`{args.params}`" if args.params else "the defaults")
+            tables.append(table("shared", SHARED_TITLE, text, lambda config: base))
+        curve = None if args.no_curve else beta_curve(split, banks, base[0])
         notes = [*OFFLINE_NOTES, f"Timings on {cores} (numpy BLAS)."]
-        evaluation = Evaluation("offline", info, params_dict(norm, invgc), rows, curve, notes)
-        source = f"`{args.params}`" if args.params else "defaults (no --params)"
-        prefix, options = "", ("--dataset", "--out", "--params", "--methods", "--no-curve")
-    print(markdown_table(evaluation.rows))
+        evaluation = Evaluation("offline", info, params_dict(*base), tables, curve, notes)
+        sources = [f"`{path}`" for path in (args.tuned, args.params) if path]
+        source = " and ".join(sources) or "defaults (no --params)"
+        prefix = ""
+        options = ("--dataset", "--out", "--params", "--tuned", "--methods", "--no-curve")
+    for shown in evaluation.tables:
+        print(f"\n{shown.title}\n\n{markdown_table(shown.rows)}")
     written = write_report(
         evaluation,
         args.out,

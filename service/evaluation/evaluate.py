@@ -10,7 +10,7 @@ Everything is blocked, so memory stays bounded by the block budget of the core.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -43,7 +43,8 @@ CURVE_BETAS: tuple[float, ...] = tuple(float(b) for b in np.geomspace(1e-3, 400,
 @dataclass
 class Row:
     """One configuration's figures. ``retrieval`` and ``hubness`` are the core's reports as
-    dicts; ``occurrence`` (k-occurrence per gallery item) feeds the plots, not the JSON."""
+    dicts; ``params`` the parameters it ran with; ``occurrence`` (k-occurrence per gallery
+    item) feeds the plots, not the JSON."""
 
     config: Config
     retrieval: dict[str, Any]
@@ -52,6 +53,7 @@ class Row:
     precompute_seconds: float | None
     search_seconds: float
     occurrence: np.ndarray = field(repr=False)
+    params: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +61,7 @@ class Row:
             "label": self.config.label,
             "method": self.config.method,
             "invgc": self.config.invgc,
+            "params": self.params,
             "retrieval": self.retrieval,
             "hubness": self.hubness,
             "degeneration": self.degeneration,
@@ -68,15 +71,13 @@ class Row:
 
 
 @dataclass
-class Evaluation:
-    """The result of one ``hubless evaluate`` run."""
+class Table:
+    """Rows computed under one parameter policy (e.g. "each tuned alone", "one service")."""
 
-    mode: str  # "offline" (algorithm core) or "service" (over HTTP)
-    dataset: dict[str, Any]
-    params: dict[str, Any]
+    key: str
+    title: str
+    description: str
     rows: list[Row]
-    curve: dict[str, Any] | None = None
-    notes: list[str] = field(default_factory=list)
 
     def row(self, key: str) -> Row | None:
         return next((r for r in self.rows if r.config.key == key), None)
@@ -92,64 +93,126 @@ class Evaluation:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "key": self.key,
+            "title": self.title,
+            "description": self.description,
+            "best": self.best().config.key,
+            "results": [r.as_dict() for r in self.rows],
+        }
+
+
+@dataclass
+class Evaluation:
+    """The result of one ``hubless evaluate`` run: one or more tables; the first is the main
+    one (plots and comparisons use it)."""
+
+    mode: str  # "offline" (algorithm core) or "service" (over HTTP)
+    dataset: dict[str, Any]
+    params: dict[str, Any]
+    tables: list[Table]
+    curve: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def main(self) -> Table:
+        return self.tables[0]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
             "mode": self.mode,
             "dataset": self.dataset,
             "params": self.params,
             "hubness_k": HUBNESS_K,
-            "best": self.best().config.key,
-            "results": [r.as_dict() for r in self.rows],
+            "tables": [t.as_dict() for t in self.tables],
             "beta_curve": self.curve,
             "notes": self.notes,
         }
+
+
+Params = tuple[NormParams, InvGCParams]
 
 
 def params_dict(norm: NormParams, invgc: InvGCParams) -> dict[str, Any]:
     return {"norm": asdict(norm), "invgc": asdict(invgc)}
 
 
+def tuned_params(base: Params, best: dict[str, dict[str, float]]) -> Callable[[Config], Params]:
+    """Per configuration: ``base`` overridden by that configuration's own best validation
+    parameters (``tune.json``'s ``best[key]["params"]``); untuned configurations keep ``base``."""
+    norm_fields, invgc_fields = (
+        set(NormParams.__dataclass_fields__),
+        set(InvGCParams.__dataclass_fields__),
+    )
+
+    def params_for(config: Config) -> Params:
+        found = best.get(config.key, {})
+        norm = replace(base[0], **{k: v for k, v in found.items() if k in norm_fields})
+        invgc = replace(base[1], **{k: v for k, v in found.items() if k in invgc_fields})
+        return norm, invgc
+
+    return params_for
+
+
 class _Views:
-    """Each gallery variant prepared once, on first use, with its precompute time and Δdeg."""
+    """Each (gallery variant, parameters) prepared once, with its precompute time and Δdeg."""
 
-    def __init__(self, split: Split, banks: Banks, norm: NormParams, invgc: InvGCParams) -> None:
-        self.split, self.banks, self.norm, self.invgc = split, banks, norm, invgc
-        self._views: dict[Variant, tuple[GalleryView, float, float]] = {}
+    def __init__(self, split: Split, banks: Banks) -> None:
+        self.split, self.banks = split, banks
+        self._views: dict[tuple[Variant, NormParams, InvGCParams], tuple[GalleryView, float, float]]
+        self._views = {}
 
-    def get(self, variant: Variant) -> tuple[GalleryView, float, float]:
-        if variant not in self._views:
+    def get(
+        self, variant: Variant, norm: NormParams, invgc: InvGCParams
+    ) -> tuple[GalleryView, float, float]:
+        invgc = replace(invgc, adjacency="local" if variant == "off" else variant)
+        # NNN's α only weights a stat column: the prepared view does not depend on it
+        key = (variant, replace(norm, nnn_alpha=0.0), invgc if variant != "off" else InvGCParams())
+        if key not in self._views:
             gallery = self.split.gallery
             started = time.perf_counter()
             if variant == "off":
-                view = prepare_items(gallery, self.banks, self.norm, None).original
+                view = prepare_items(gallery, self.banks, norm, None).original
             else:
-                params = replace(self.invgc, adjacency=variant)
-                view = adjusted_view(gallery, self.banks, self.norm, params)
+                view = adjusted_view(gallery, self.banks, norm, invgc)
             seconds = time.perf_counter() - started
-            self._views[variant] = (view, seconds, degeneration(view.embeddings).value)
-        return self._views[variant]
+            self._views[key] = (view, seconds, degeneration(view.embeddings).value)
+        return self._views[key]
 
-    def prepared(self, variant: Variant) -> GalleryView | None:
-        """The view if it was prepared (no work otherwise)."""
-        return self._views[variant][0] if variant in self._views else None
+
+def _varied(config: Config, norm: NormParams, invgc: InvGCParams) -> dict[str, Any]:
+    """The parameters that matter to ``config`` (for the report)."""
+    names = {
+        "is": ("beta_query_bank",),
+        "dis": ("beta_query_bank", "dis_topk"),
+        "dualis": ("beta_query_bank", "beta_gallery_bank"),
+        "dualdis": ("beta_query_bank", "beta_gallery_bank", "dis_topk"),
+        "nnn": ("nnn_alpha", "nnn_topk"),
+        "csls": ("csls_topk",),
+    }.get(config.method, ())
+    out: dict[str, Any] = {n: getattr(norm, n) for n in names}
+    if config.invgc != "off":
+        out |= {n: getattr(invgc, n) for n in ("r_gallery_bank", "r_query_bank", "pool_rate")}
+    return out
 
 
 def evaluate_offline(
     split: Split,
     banks: Banks,
-    norm: NormParams,
-    invgc: InvGCParams,
     configs: Sequence[Config],
+    params_for: Callable[[Config], Params],
     *,
     k: int = HUBNESS_K,
     progress: bool = True,
-) -> tuple[list[Row], GalleryView | None]:
-    """Rows for ``configs`` on ``split``, and the original view if it was prepared."""
+) -> list[Row]:
+    """Rows for ``configs`` on ``split``, each run with ``params_for(config)``."""
     from tqdm.auto import tqdm
 
-    views = _Views(split, banks, norm, invgc)
+    views = _Views(split, banks)
     queries = split.queries
     rows = []
     for config in tqdm(configs, desc="evaluate", unit="config", disable=not progress):
-        view, precompute, degen = views.get(config.invgc)
+        norm, invgc = params_for(config)
+        view, precompute, degen = views.get(config.invgc, norm, invgc)
         normaliser = get_normaliser(config.method)
         started = time.perf_counter()
         plan = plan_queries(normaliser, queries, view, norm)
@@ -166,9 +229,10 @@ def evaluate_offline(
                 precompute,
                 seconds,
                 occurrence,
+                _varied(config, norm, invgc),
             )
         )
-    return rows, views.prepared("off")
+    return rows
 
 
 def beta_curve(
@@ -176,7 +240,6 @@ def beta_curve(
     banks: Banks,
     norm: NormParams,
     betas: Sequence[float] = CURVE_BETAS,
-    view: GalleryView | None = None,
 ) -> dict[str, Any]:
     """DIAGNOSTIC R@1 against β on ``split`` (the test split: never use it to choose β).
 
@@ -187,7 +250,7 @@ def beta_curve(
     released = NormParams()
     extra = (norm.beta_query_bank, norm.beta_gallery_bank)
     extra += (released.beta_query_bank, released.beta_gallery_bank)
-    profile = GalleryProfile.build(split.gallery, banks, norm, [*betas, *extra], view=view)
+    profile = GalleryProfile.build(split.gallery, banks, norm, [*betas, *extra])
     sims = Similarities.of_split(split)
 
     def r1(method: str, beta_q: float, beta_g: float) -> float:

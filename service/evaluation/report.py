@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from service.evaluation.evaluate import HUBNESS_K, Evaluation, Row
+from service.evaluation.evaluate import HUBNESS_K, Evaluation, Row, Table
 
 Cell = Callable[[Row], str]
 
@@ -58,9 +58,9 @@ def markdown_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def comparison(evaluation: Evaluation, key: str) -> str | None:
+def comparison(table: Table, key: str) -> str | None:
     """A plain sentence comparing configuration ``key`` with raw on R@1 and skewness."""
-    raw, row = evaluation.row("raw"), evaluation.row(key)
+    raw, row = table.row("raw"), table.row(key)
     if raw is None or row is None or key == "raw":
         return None
     r1_raw, r1 = raw.retrieval["r1"], row.retrieval["r1"]
@@ -75,6 +75,26 @@ def comparison(evaluation: Evaluation, key: str) -> str | None:
     )
 
 
+def _params_text(params: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}" for k, v in params.items()
+    )
+
+
+def _table_section(table: Table, highlight: Sequence[str]) -> list[str]:
+    out = [f"## {table.title}", "", table.description, "", markdown_table(table.rows), ""]
+    with_params = [r for r in table.rows if r.params]
+    if with_params:
+        out += ["<details><summary>Parameters of each row</summary>", ""]
+        out += [f"- {r.config.label}: {_params_text(r.params or {})}" for r in with_params]
+        out += ["", "</details>", ""]
+    best = table.best()
+    keys = dict.fromkeys([*highlight, best.config.key])
+    out += [f"- {s}" for s in (comparison(table, key) for key in keys) if s]
+    out.append(f"- Best configuration on test R@1: **{best.config.label}**.")
+    return [*out, ""]
+
+
 def render_markdown(
     evaluation: Evaluation,
     *,
@@ -84,49 +104,42 @@ def render_markdown(
     plots: Sequence[tuple[str, str]] = (),
     highlight: Sequence[str] = ("dualis", "invgc+dualis"),
 ) -> str:
-    """The whole report: context, table, plain comparisons, plots."""
+    """The whole report: context, each table with plain comparisons to raw, notes, plots."""
     ds = evaluation.dataset
-    best = evaluation.best()
     out = [
         f"# Results on {ds.get('name', 'the dataset')}",
         "",
         f"Dataset: `{ds.get('path')}` — {ds.get('description', '')}".rstrip(" —"),
         f"Test split: {ds.get('queries')} queries against a gallery of {ds.get('gallery')}; "
         f"query bank {ds.get('query_bank')}, gallery bank {ds.get('gallery_bank')} "
-        "(banks disjoint from test and validation).",
+        "(banks disjoint from test and validation). Parameters were tuned on the separate "
+        f"validation split ({ds.get('val_queries')} queries, gallery of {ds.get('val_gallery')}).",
         "",
         f"Mode: **{evaluation.mode}**. Parameters: {params_source}.",
     ]
-    if evaluation.mode == "offline":
-        norm, invgc = evaluation.params["norm"], evaluation.params["invgc"]
-        out.append(
-            f"β_q = {norm['beta_query_bank']:g}, β_g = {norm['beta_gallery_bank']:g}, "
-            f"NNN α = {norm['nnn_alpha']:g} (k = {norm['nnn_topk']}), CSLS k = "
-            f"{norm['csls_topk']}, DIS k = {norm['dis_topk']}; InvGC r_g = "
-            f"{invgc['r_gallery_bank']:g}, r_q = {invgc['r_query_bank']:g}, pool rate = "
-            f"{invgc['pool_rate']:g} (the same rates for LocalAdj and full adjacency)."
-        )
     if params_header:
         out += ["", "Tuning record (from the parameter file):", "", "```"]
         out += [line.lstrip("# ").rstrip() for line in params_header]
         out += ["```"]
-    out += ["", "Reproduce:", "", "```sh", command, "```", "", "## Test split", ""]
-    out += [markdown_table(evaluation.rows), ""]
-    out += [f"- {note}" for note in evaluation.notes]
-    out += ["", "## Compared with raw", ""]
-    keys = dict.fromkeys([*highlight, best.config.key])
-    sentences = [s for s in (comparison(evaluation, key) for key in keys) if s]
-    out += [f"- {s}" for s in sentences]
-    out.append(f"- Best configuration on test R@1: **{best.config.label}**.")
+    out += ["", "Reproduce:", "", "```sh", command, "```", ""]
+    for table in evaluation.tables:
+        out += _table_section(table, highlight)
     curve = evaluation.curve
     if curve:
-        released = curve["points"]["released_defaults"]
-        out.append(
+        released, tuned = curve["points"]["released_defaults"], curve["points"]["configured"]
+        out += [
+            "## β sensitivity (diagnostic, test split)",
+            "",
             f"- With the released DBNorm code's default β (β_q = {released['beta_query_bank']:.4g}"
             f", β_g = {released['beta_gallery_bank']:g}) DualIS reaches R@1 "
             f"{released['dualis_r1'] * 100:.1f}% and IS {released['is_r1'] * 100:.1f}%, "
-            f"against raw {curve['raw_r1'] * 100:.1f}% (original gallery, test split)."
-        )
+            f"against raw {curve['raw_r1'] * 100:.1f}% (original gallery).",
+            f"- At the configured β (β_q = {tuned['beta_query_bank']:g}, β_g = "
+            f"{tuned['beta_gallery_bank']:g}): DualIS {tuned['dualis_r1'] * 100:.1f}%, IS "
+            f"{tuned['is_r1'] * 100:.1f}% (original gallery).",
+            "",
+        ]
+    out += ["## Notes", "", *(f"- {note}" for note in evaluation.notes)]
     if plots:
         out += ["", "## Plots", ""]
         out += [f"![{title}]({name})\n" for name, title in plots]
@@ -230,11 +243,11 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     plots: list[tuple[str, str]] = []
-    raw, best = evaluation.row("raw"), evaluation.best()
+    raw, best = evaluation.main.row("raw"), evaluation.main.best()
     if raw is not None:
         name = f"{prefix}k_occurrence.png"
         shown = [raw] if best is raw else [raw, best]
-        title = f"k-occurrence on the test split: raw vs the best configuration (k={HUBNESS_K})"
+        title = f"k-occurrence (k={HUBNESS_K}) on the test split: raw vs the best configuration"
         plot_k_occurrence(shown, out_dir / name, title)
         plots.append((name, "k-occurrence histogram, raw vs best"))
     if evaluation.curve:
