@@ -9,8 +9,10 @@ Sync: the engine builds a backend per gallery state, passing the previous one. T
 deletes the ids that left, upserts the ids that arrived or whose row changed, and never rewrites
 unchanged rows. A backend built without a usable predecessor (startup, another replica)
 *reconciles*: it reads ``(id, digest)`` of every stored row and writes only what differs, so a
-restart on an up-to-date collection writes nothing. A failed sync marks the collection dirty and
-the next backend reconciles instead of trusting the diff.
+restart on an up-to-date collection writes nothing. Diffs start from the view the collection
+actually holds (the last backend that synced), not blindly from ``previous``: a state built but
+never adopted by the engine (its change-log append failed) is still accounted for. A failed
+sync marks the collection dirty and the next backend reconciles instead of trusting a diff.
 
 Milvus is shared, mutable state, unlike the engine's copy-on-write snapshots: a search still
 running on the previous state while a change is written can see the new rows (see
@@ -246,6 +248,16 @@ class _Collection:
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: a sync failed half-way: the next backend must reconcile, not trust the diff
     dirty: bool = False
+    #: the backend whose view the collection holds (its last successful sync). Usually the
+    #: engine's current one; if that state was never adopted (e.g. the change log append
+    #: failed after Milvus was written) it is not the next backend's ``previous``.
+    synced: weakref.ref[MilvusBackend] | None = None
+
+    def base(self) -> MilvusBackend | None:
+        """What a diff must start from: the view Milvus holds, if it is known."""
+        if self.dirty or self.synced is None:
+            return None
+        return self.synced()
 
 
 #: (uri, prefix) -> live collections by view kind, to tell the original view from the InvGC one
@@ -319,18 +331,19 @@ class MilvusBackend(SearchBackend):
             view_kind = self._claim(kind)
             name = collection_name(collection, view_kind)
             if read_only:
-                if not client.has_collection(name):
-                    raise RuntimeError(f"read-only Milvus backend: no collection {name!r} yet")
-                client.load_collection(name)
+                if client.has_collection(name):
+                    client.load_collection(name)
+                else:  # a reader may start before the writer: searches fail until it exists
+                    log.warning("milvus collection does not exist yet", extra={"collection": name})
             else:
                 ensure_collection(client, name, dim, index, consistency)
             self._collection = _Collection(client, name, view_kind, dim)
             self._register()
+        base = self._collection.base() if chained else None
         if read_only:
             self.sync = SyncReport("none", 0, 0, 0.0)
-        elif chained and not self._collection.dirty:
-            assert isinstance(previous, MilvusBackend)
-            self.sync = self._write(lambda: self._diff(previous), "diff", started)
+        elif base is not None:
+            self.sync = self._write(lambda: self._diff(base), "diff", started)
         else:
             self.sync = self._write(self._reconcile, "reconcile", started)
 
@@ -378,6 +391,7 @@ class MilvusBackend(SearchBackend):
                 handle.dirty = True
                 raise
             handle.dirty = False
+            handle.synced = weakref.ref(self)
         report = SyncReport(mode, upserted, deleted, round(time.perf_counter() - started, 4))
         log.info(
             "milvus collection synced",
@@ -386,7 +400,8 @@ class MilvusBackend(SearchBackend):
         return report
 
     def _diff(self, previous: MilvusBackend) -> tuple[int, int]:
-        """Delete ids that left; upsert ids that arrived or whose row changed."""
+        """Delete ids that left; upsert ids that arrived or whose row changed, relative to
+        ``previous``, the backend whose view the collection holds."""
         before = previous._rows
         removed = [i for i in previous.ids if i not in self._rows]
         write: list[int] = []

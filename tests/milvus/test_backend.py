@@ -267,6 +267,23 @@ def test_a_failed_sync_is_repaired_by_the_next_one(
     _check_engine(engine, model, uri, queries)
 
 
+def test_a_state_the_engine_never_adopted_is_accounted_for(parity, uri, banks, gallery) -> None:
+    view, _ = parity[False]
+    ids = gallery[0]
+    first = MilvusBackend(view, ids, None, uri=uri, collection="adopt", kind="original")
+    keep = np.ones(view.size, dtype=bool)
+    keep[:3] = False
+    # written to Milvus, then dropped (as when the engine's change-log append fails)
+    orphan = MilvusBackend(view.remove(keep, banks), ids[3:], first, uri=uri, collection="adopt")
+    assert (orphan.sync.mode, orphan.sync.deleted) == ("diff", 3)
+    again = MilvusBackend(view, ids, first, uri=uri, collection="adopt")
+    assert (again.sync.mode, again.sync.upserted) == ("diff", 3)  # diffed from the orphan
+    assert _count(uri, "adopt_original") == len(ids)
+    del orphan, again
+    smaller = MilvusBackend(view.remove(keep, banks), ids[3:], first, uri=uri, collection="adopt")
+    assert (smaller.sync.mode, smaller.sync.deleted) == ("reconcile", 3)  # nothing to diff from
+
+
 def test_a_search_on_an_older_state_skips_ids_it_does_not_know(engine_factory) -> None:
     engine = engine_factory("stale", None)
     before = engine.state.backends[False]
@@ -297,8 +314,10 @@ def test_read_only_backend_never_writes(parity, uri, banks, gallery, queries) ->
     plan = _plan("dualis", reader.view, exact, queries, NormParams(nnn_topk=32))
     rows, _ = reader.search(queries, plan, 5)
     assert rows.shape == (len(queries), 5) and np.all(rows < reader.view.size)
-    with pytest.raises(RuntimeError, match="no collection"):
-        MilvusBackend(view, gallery[0], None, uri=uri, collection="nothing", read_only=True)
+    early = MilvusBackend(view, gallery[0], None, uri=uri, collection="later", read_only=True)
+    assert not milvus_client(uri).has_collection("later_original")  # a reader creates nothing
+    with pytest.raises(Exception, match="later_original"):
+        early.top1(queries)
 
 
 def test_auto_kind_refuses_a_third_live_chain(uri, parity, gallery) -> None:
