@@ -20,11 +20,10 @@ def _vector(value: float = 0.1, dim: int = DIM) -> list[float]:
     return [value] * dim
 
 
-def _with_literal(field: str, literal: str) -> str:
-    """A JSON body whose vector ``field`` ends with ``literal`` (NaN, Infinity, ... are not
-    JSON, so the body is written by hand)."""
-    vector = json.dumps([*_vector(dim=DIM - 1), "@"]).replace('"@"', literal)
-    return f'{{"{field}": {vector}}}'
+def _vector_json(literal: str) -> str:
+    """A vector as JSON text whose last value is ``literal`` (NaN, Infinity, ... are not JSON,
+    so the text is written by hand)."""
+    return json.dumps([*_vector(dim=DIM - 1), "@"]).replace('"@"', literal)
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +77,8 @@ def test_bad_search_requests(limited: TestClient, case: tuple) -> None:
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e39", "-3.5e38"])
 @pytest.mark.parametrize("field", ["query", "queries"])
 def test_non_finite_values_are_rejected(limited: TestClient, literal: str, field: str) -> None:
-    body = _with_literal("query", literal)
-    if field == "queries":
-        body = body.replace('"query": ', '"queries": [')[:-1] + "]}"
+    vector = _vector_json(literal)
+    body = f'{{"query": {vector}}}' if field == "query" else f'{{"queries": [{vector}]}}'
     response = limited.post("/search", content=body, headers=JSON)
     assert_error(response, 422, field, "finite")
 
@@ -183,7 +181,7 @@ def test_bad_upserts_change_nothing(
 def test_non_finite_upsert_changes_nothing(
     limited: TestClient, probes: np.ndarray, before: dict, literal: str
 ) -> None:
-    vector = _with_literal("embedding", literal)[len('{"embedding": ') : -1]
+    vector = _vector_json(literal)
     body = f'{{"items": [{{"id": "good", "embedding": {json.dumps(_vector())}}}, '
     body += f'{{"id": "bad", "embedding": {vector}}}]}}'
     response = limited.put("/gallery", content=body, headers=JSON)
