@@ -171,6 +171,46 @@ def test_build_context_has_what_the_image_needs_and_not_more() -> None:
         assert excluded(junk), f"{junk} is sent to the Docker build context"
 
 
+#: distribution name -> import name, where they differ
+IMPORT_NAMES = {"faiss-cpu": "faiss", "milvus-lite": "milvus_lite", "pyyaml": "yaml"}
+
+BLOCKED_IMPORTS = """
+import importlib.abc, sys, tempfile
+from pathlib import Path
+
+class NotInTheImage(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is not installed in the image")
+
+sys.meta_path.insert(0, NotInTheImage())
+from service.cli import build_parser
+from service.app import create_app
+from service.engine.startup import load_engine
+from service.settings import Settings
+
+assert build_parser().parse_args(["serve"]).command == "serve"
+create_app(Settings(), configure_logs=False)
+print(load_engine(Settings(data_dir=Path(tempfile.mkdtemp()))).state.size)
+"""
+
+
+def test_serving_needs_no_optional_dependency() -> None:
+    """The image installs only the base dependencies (`pip install .`): the serve command, the
+    app and the engine on the bundled demo load with every extra's module unimportable."""
+    extras = PYPROJECT["project"]["optional-dependencies"].values()
+    names = {re.split(r"[\[<>=~; ]", req)[0].lower() for group in extras for req in group}
+    blocked = {IMPORT_NAMES.get(n, n.replace("-", "_")) for n in names - {"hubless"}}
+    code = f"BLOCKED = {sorted(blocked)!r}\n{BLOCKED_IMPORTS}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUBLESS_")}
+    env["PYTHONPATH"] = str(ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "2000"  # the demo gallery
+
+
 def _healthcheck(port: int) -> subprocess.CompletedProcess[bytes]:
     """Run the HEALTHCHECK's command as the container would (its python, the image's env)."""
     instruction = _one(RUNTIME, "HEALTHCHECK").args
