@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -608,10 +609,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite the docs")
     parser.add_argument("--workdir", type=Path, help="where data and logs go (default: tmp)")
     args = parser.parse_args(argv)
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="hubless-load-") as tmp:
-        workdir = args.workdir or Path(tmp)
+    with contextlib.ExitStack() as stack:
+        tmp = args.workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="hubless-"))
+        workdir = Path(tmp)
         key = "load-test-key"
         env = write_gallery(workdir / "input", rows=args.gallery_rows, bank_rows=2000)
         with Server(workdir / "data", env | {"HUBLESS_API_KEY": key}) as server:
