@@ -68,7 +68,7 @@ def _check_key(request: Request, runtime: Runtime) -> None:
     if expected is None:
         return
     presented = _presented_key(request)
-    if presented is None:
+    if not presented:  # an empty key must never match (not even a configured empty key)
         message = "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
         raise ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
     if not hmac.compare_digest(presented.encode(), expected.get_secret_value().encode()):
