@@ -86,3 +86,12 @@ def test_the_key_never_reaches_the_logs(
     for record in caplog.records:
         assert KEY not in str(record.__dict__), record
     assert KEY not in caplog.text
+
+
+@pytest.mark.parametrize("configured", ["", KEY])
+def test_an_empty_key_authorises_nothing(serve: Serve, configured: str) -> None:
+    client = serve(api_key=configured)
+    put = WRITES[0]
+    for headers in ({"X-API-Key": ""}, {"Authorization": "Bearer "}, {"Authorization": ""}):
+        response = client.request(put[0], put[1], headers=headers, **put[2])
+        _assert_unauthorized(response, says="missing API key")
