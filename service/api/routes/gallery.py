@@ -108,8 +108,11 @@ def upsert(body: UpsertRequest, engine: EngineDep, runtime: RuntimeDep) -> dict:
         limit=runtime.settings.max_upsert,
     )
     ids = [item.id for item in body.items]
-    if any("\n" in i or "\r" in i for i in ids):
-        raise InputError("items[].id", "ids must not contain line breaks")
+    # line breaks cannot be stored in the ids file, NUL is lost by snapshots: no controls at all
+    if any(ord(c) < 32 or ord(c) == 127 for i in ids for c in i):
+        raise InputError(
+            "items[].id", "ids must not contain control characters (line breaks, NUL…)"
+        )
     result = engine.upsert(ids, embeddings, [item.metadata for item in body.items])
     return _changed(runtime, result)
 
