@@ -141,7 +141,9 @@ BAD_UPSERTS = {
     "too many items": (_items("x", "y", "z"), 422, "items", "limit"),
     "missing id": ({"items": [{"embedding": _vector()}]}, 422, "items", None),
     "empty id": (_items(""), 422, "items", None),
-    "id with a line break": (_items("a\nb"), 422, "items", None),
+    "id with a line break": (_items("a\nb"), 422, "items", "control"),
+    "id with a NUL": (_items("x\x00"), 422, "items", "control"),
+    "id with a tab": (_items("a\tb"), 422, "items", "control"),
     "zero vector": ({"items": [{"id": "z", "embedding": _vector(0.0)}]}, 422, "items", "zero"),
     "metadata not an object": (
         {"items": [{"id": "m", "embedding": _vector(), "metadata": [1, 2]}]},
