@@ -229,7 +229,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
             text = SHARED_TEXT.format(source=f"`{args.params}`" if args.params else "the defaults")
             tables.append(table("shared", SHARED_TITLE, text, lambda config: base))
         curve = None if args.no_curve else beta_curve(split, banks, base[0])
-        notes = [*OFFLINE_NOTES, f"Timings on {cores} (numpy BLAS)."]
+        notes = [
+            *OFFLINE_NOTES,
+            f"Timings: wall-clock, one run, {cores} (numpy BLAS); "
+            "indicative only, other load on the machine inflates them.",
+        ]
         evaluation = Evaluation("offline", info, params_dict(*base), tables, curve, notes)
         sources = [f"`{path}`" for path in (args.tuned, args.params) if path]
         source = " and ".join(sources) or "defaults (no --params)"

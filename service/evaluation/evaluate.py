@@ -1,9 +1,10 @@
 """Evaluate every configuration on a split with the algorithm core, as the service computes it.
 
-For each gallery variant (original, InvGC LocalAdj, InvGC full) the gallery is prepared once
-(:func:`~service.algorithms.prepare_items` / :func:`~service.algorithms.adjusted_view`, timed as
-"precompute"); each method then plans and searches its queries (timed as "search": the work a
-service does per request batch) and is scored from exact ranks (:func:`ranks_of`, not timed).
+Each (gallery variant, parameters) pair — original, InvGC LocalAdj or InvGC full — is prepared
+once (:func:`~service.algorithms.prepare_items` / :func:`~service.algorithms.adjusted_view`,
+timed as "precompute"); each method then plans and searches its queries (timed as "search":
+the work a service does per request batch) and is scored from exact ranks (:func:`ranks_of`,
+not timed).
 Everything is blocked, so memory stays bounded by the block budget of the core.
 """
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -98,10 +99,11 @@ def evaluate_service(
             )
             top = np.fromiter((row_of[i] for ids in hits for i in ids[:HUBNESS_K]), np.int64)
             occurrence = k_occurrence(top, n)
-            retrieval = {
+            retrieval: dict[str, Any] = {
                 key: _finite(value) if isinstance(value, float) else value
                 for key, value in retrieval_quality(ranks).as_dict().items()
             }
+            retrieval["cutoff"] = k  # MRR is MRR@k; median/mean rank None beyond k
             rows.append(
                 Row(
                     config,

@@ -28,7 +28,7 @@ def _num(value: float | None, digits: int, scale: float = 1.0) -> str:
 
 def _median(row: Row) -> str:
     value = row.retrieval["median_rank"]
-    return f">{row.retrieval.get('k', HUBNESS_K)}" if value is None else f"{value:g}"
+    return f">{row.retrieval.get('cutoff')}" if value is None else f"{value:g}"
 
 
 COLUMNS: tuple[tuple[str, Cell], ...] = (
@@ -50,8 +50,10 @@ COLUMNS: tuple[tuple[str, Cell], ...] = (
 
 def markdown_table(rows: Sequence[Row]) -> str:
     """The results table: one line per configuration, R@k in %, the rest as computed."""
+    cutoff = rows[0].retrieval.get("cutoff") if rows else None  # ranks known only up to k
+    names = [f"MRR@{cutoff}" if name == "MRR" and cutoff else name for name, _ in COLUMNS]
     lines = [
-        "| " + " | ".join(name for name, _ in COLUMNS) + " |",
+        "| " + " | ".join(names) + " |",
         "|" + "|".join("---" if i == 0 else "---:" for i in range(len(COLUMNS))) + "|",
     ]
     lines += ["| " + " | ".join(cell(row) for _, cell in COLUMNS) + " |" for row in rows]

@@ -19,6 +19,7 @@ from service.datasets.build import load_dataset
 from service.evaluation.evaluate import evaluate_offline
 from service.evaluation.methods import DEFAULT_CONFIGS, Config, Split, parse_configs
 from service.evaluation.remote import evaluate_service
+from service.evaluation.report import markdown_table
 from service.settings import Settings
 
 from . import write_tiny_dataset
@@ -154,6 +155,7 @@ def test_client_mode_agrees_with_offline(dataset: Path, tmp_path: Path) -> None:
     params = (settings.norm_params(), settings.invgc_params())
     offline = evaluate_offline(split, banks, configs, lambda config: params, progress=False)
     assert [r.config for r in remote] == configs
+    assert remote[0].retrieval["cutoff"] == 10 and "MRR@10" in markdown_table(remote)
     for got, want in zip(remote, offline, strict=True):
         for key in ("r1", "r5", "r10"):
             assert got.retrieval[key] == pytest.approx(want.retrieval[key], abs=0.011), got.config
