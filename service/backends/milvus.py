@@ -27,7 +27,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -381,7 +381,7 @@ class MilvusBackend(SearchBackend):
 
     # --- sync --------------------------------------------------------------------------------
 
-    def _write(self, apply: Any, mode: str, started: float) -> SyncReport:
+    def _write(self, apply: Callable[[], tuple[int, int]], mode: str, started: float) -> SyncReport:
         """Run one sync under the collection's lock; a failure leaves it marked dirty."""
         handle = self._collection
         with handle.lock:
