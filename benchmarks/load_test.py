@@ -487,6 +487,7 @@ def bad_inputs(dim: int, known_id: str) -> list[BadInput]:
         upsert("empty id", 422, item | {"id": ""}),
         upsert("id of 513 characters", 422, item | {"id": "x" * 513}),
         upsert("id with a line break", 422, item | {"id": "a\nb"}),
+        upsert("id with a NUL character", 422, item | {"id": "a\u0000"}),
         upsert("metadata not an object", 422, item | {"metadata": [1]}),
         upsert("over HUBLESS_MAX_UPSERT", 422, *(item | {"id": f"i{i}"} for i in range(65))),
         upsert("no API key", 401, item, authorised=False),

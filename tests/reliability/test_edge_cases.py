@@ -1,7 +1,8 @@
 """Edge cases found while hardening the service, in-process on a small 3-d gallery.
 
-Tests marked ``xfail(strict=True, reason="BUG: ...")`` show a bug that is still open (they
-start failing, as XPASS, once it is fixed: then drop the marker). The others guard fixed ones.
+Each test guards a bug found (and since fixed) or a corner that must keep working. A bug still
+open is shown by a test marked ``xfail(strict=True, reason="BUG: ...")``, which fails as XPASS
+once the bug is fixed (then drop the marker); none is open now.
 """
 
 from __future__ import annotations
@@ -85,22 +86,20 @@ def test_huge_finite_vectors_keep_their_direction(serve: Serve) -> None:
         assert stored == pytest.approx([2**-0.5, 2**-0.5, 0], abs=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: snapshots store ids as a numpy unicode array, which drops trailing NUL "
-    "characters: after POST /admin/snapshot and a restart, id 'x\\x00' becomes 'x' (a "
-    "duplicate of another item's id)",
-)
 def test_ids_survive_a_snapshot_and_a_restart_unchanged(serve: Serve) -> None:
-    items = [{"id": "x\x00", "embedding": [0, 1, 0]}, {"id": "x", "embedding": [1, 0, 0]}]
+    """Snapshots once turned id 'x\\x00' into 'x' (numpy drops trailing NULs); ids with control
+    characters are refused now, and every other id comes back exactly."""
+    odd = ["a/b", "ünï cödé", " padded ", "x", "tab-free\u00a0nbsp", "emoji-\U0001f600"]
+    items = [{"id": i, "embedding": [1, n, 0]} for n, i in enumerate(odd)]
     with serve() as client:
-        response = client.put("/gallery", json={"items": items})
-        if response.status_code == 422:
-            return  # refusing such ids up front is a fix too
+        refused = client.put("/gallery", json={"items": [{"id": "x\x00", "embedding": [1, 0, 0]}]})
+        assert refused.status_code == 422, refused.text
+        assert client.put("/gallery", json={"items": items}).status_code == 200
         before = _ids(client)
         assert client.post("/admin/snapshot").status_code == 200
     with serve() as client:
         assert _ids(client) == before
+        assert set(odd) <= set(before)
 
 
 def test_metadata_that_is_not_json_is_refused(serve: Serve) -> None:
@@ -112,11 +111,6 @@ def test_metadata_that_is_not_json_is_refused(serve: Serve) -> None:
         assert response.status_code in (400, 422), response.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: HUBLESS_API_KEY='' is accepted as a key: every write that sends an empty "
-    "'X-API-Key:' (or 'Authorization: Bearer ') header is then authorised",
-)
 def test_an_empty_api_key_authorises_nothing(serve: Serve) -> None:
     try:
         Settings(api_key="")
