@@ -269,3 +269,24 @@ def test_real_server_async(server: str) -> None:
             return [len(a.results) for a in answers]
 
     assert asyncio.run(run()) == [4, 4, 4]
+
+
+def test_unusual_responses_still_raise_clear_errors() -> None:
+    """A proxy's plain-text error and a body that is not the expected model."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/healthz":
+            return httpx.Response(200, json={"unexpected": True})
+        return httpx.Response(502, text="Bad gateway")
+
+    http = httpx.Client(transport=httpx.MockTransport(handler), base_url="http://proxy")
+    with http, HublessClient(http_client=http) as client:
+        with pytest.raises(HublessHTTPError) as info:
+            client.list_gallery()
+        assert (info.value.status, info.value.code, info.value.message) == (
+            502,
+            "http_error",
+            "Bad gateway",
+        )
+        with pytest.raises(HublessError, match="unexpected Health"):
+            client.health()

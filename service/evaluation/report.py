@@ -114,7 +114,7 @@ def render_markdown(
         f"Dataset: `{ds.get('path')}` — {ds.get('description', '')}".rstrip(" —"),
         f"Test split: {ds.get('queries')} queries against a gallery of {ds.get('gallery')}; "
         f"query bank {ds.get('query_bank')}, gallery bank {ds.get('gallery_bank')} "
-        "(banks disjoint from test and validation). Parameters were tuned on the separate "
+        "(banks disjoint from test and validation). `hubless tune` uses only the separate "
         f"validation split ({ds.get('val_queries')} queries, gallery of {ds.get('val_gallery')}).",
         "",
         f"Mode: **{evaluation.mode}**. Parameters: {params_source}.",
