@@ -199,6 +199,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         from service.evaluation.remote import evaluate_service
 
         methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(METHODS)
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise SystemExit(
+                f"--methods with --url takes method names ({', '.join(METHODS)}), got {unknown}"
+            )
         with HublessClient(args.url, api_key=args.api_key, timeout=300) as client:
             client.wait_ready(timeout=600)
             progress = not args.quiet
