@@ -5,6 +5,13 @@ The expensive part of InvGC and of every DBNorm statistic is the similarity matr
 block everything that is asked for (log-mean-exp at some β, mean of the top-k similarities,
 the LocalAdj neighbour sum, each bank item's best gallery items), so the product is computed
 once per bank and never held whole.
+
+Cost model (why it is shaped like this): the block product is BLAS (all cores); the per-row
+reductions are not, so they run on :func:`~service.algorithms.blocks.parallel_map` threads over
+cache-sized row chunks. The neighbour sum is a sparse (rows × N, K per row) product with the
+bank, done column-major (CSC) so each bank row is read once per block instead of once per
+neighbour. Each bank item's best row (k = 1, the default DIS activation) is a column maximum,
+not a transposed copy and a partition.
 """
 
 from __future__ import annotations
@@ -14,7 +21,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import sparse
 
-from service.algorithms.blocks import block_rows, log_mean_exp, merge_topk, row_blocks, topk_desc
+from service.algorithms.blocks import (
+    CHUNK_BYTES,
+    block_rows,
+    log_mean_exp,
+    merge_topk,
+    parallel_map,
+    row_blocks,
+    topk_desc,
+)
 
 
 @dataclass
@@ -35,6 +50,57 @@ class BankScan:
     bank_top_sim: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class _RowReductions:
+    """What to compute per item row of a block (the row-wise half of :func:`scan_bank`)."""
+
+    beta: float | None
+    mean_topk: tuple[int, ...]
+    neighbour_k: int | None
+    columns: int
+
+    @property
+    def largest(self) -> int:
+        """How many of each row's largest similarities the top-k means and neighbours need."""
+        return min(self.columns, max((*self.mean_topk, self.neighbour_k or 0)))
+
+    def run(self, sims: np.ndarray, lme: np.ndarray, means: dict[int, np.ndarray], near) -> None:
+        """Write one chunk's reductions into the (chunk-sized) output views given."""
+        if self.beta is not None:
+            lme[:] = log_mean_exp(sims, self.beta)
+        if not self.largest:
+            return
+        vals, idx = _largest(sims, self.largest, need_idx=self.neighbour_k is not None)
+        for k in self.mean_topk:
+            means[k][:] = _mean_of_largest(vals, min(k, self.columns))
+        if self.neighbour_k is not None:
+            near_idx, near_val = near
+            k = min(self.neighbour_k, self.columns)
+            if k < vals.shape[1]:
+                keep = np.argpartition(vals, vals.shape[1] - k, axis=1)[:, -k:]
+                vals, idx = (np.take_along_axis(a, keep, axis=1) for a in (vals, idx))
+            near_idx[:], near_val[:] = idx, vals
+
+
+def _largest(sims: np.ndarray, k: int, *, need_idx: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The k largest values of each row (in no particular order) and, if asked, their columns."""
+    n = sims.shape[1]
+    if k >= n:
+        return sims, np.broadcast_to(np.arange(n), sims.shape) if need_idx else None
+    if not need_idx:  # values only: a partition moves floats, no index array
+        return np.partition(sims, n - k, axis=1)[:, n - k :], None
+    idx = np.argpartition(sims, n - k, axis=1)[:, n - k :]
+    return np.take_along_axis(sims, idx, axis=1), idx
+
+
+def _mean_of_largest(vals: np.ndarray, k: int) -> np.ndarray:
+    """Mean of the k largest of each row of ``vals`` (which holds at least k columns)."""
+    width = vals.shape[1]
+    if k < width:
+        vals = np.partition(vals, width - k, axis=1)[:, width - k :]
+    return vals.mean(axis=1)
+
+
 def scan_bank(
     items: np.ndarray,
     bank: np.ndarray,
@@ -47,42 +113,81 @@ def scan_bank(
 ) -> BankScan:
     """Compute the requested reductions of ``items · bankᵀ`` in row blocks (see :class:`BankScan`).
 
-    items: (n, d), bank: (N, d), both L2-normalised and of one float dtype.
+    items: (n, d), bank: (N, d), both L2-normalised and of one float dtype. ``rows``: rows per
+    block (default: a 64 MiB block).
     """
     n, N = items.shape[0], bank.shape[0]
     dtype = items.dtype
     rows = rows or block_rows(N, dtype.itemsize)
+    chunk = block_rows(N, dtype.itemsize, CHUNK_BYTES)
+    per_row = _RowReductions(beta, tuple(mean_topk), neighbour_k, N)
     out = BankScan()
+    lme = np.empty(n, dtype) if beta is not None else np.empty((n, 0), dtype)
     if beta is not None:
-        out.log_mean_exp = np.empty(n, dtype)
+        out.log_mean_exp = lme
     for k in mean_topk:
         out.topk_means[k] = np.empty(n, dtype)
+    near_k = min(neighbour_k, N) if neighbour_k is not None else 0
     if neighbour_k is not None:
         out.neighbour_sum = np.empty_like(items)
-    if bank_topk is not None:
-        kk = min(bank_topk, n)
-        out.bank_top_idx = np.empty((N, 0), np.int64)
-        out.bank_top_sim = np.empty((N, 0), dtype)
-    bank_t = np.ascontiguousarray(bank.T)
+    top = _BankTop(N, min(bank_topk, n), dtype) if bank_topk is not None else None
     for sl in row_blocks(n, rows):
-        sims = items[sl] @ bank_t  # (B, N)
-        if out.log_mean_exp is not None:
-            out.log_mean_exp[sl] = log_mean_exp(beta * sims)
-        if mean_topk or neighbour_k is not None:
-            largest = max((*mean_topk, neighbour_k or 0))
-            top_idx, top_val = topk_desc(sims, min(largest, N))
-            for k in mean_topk:
-                out.topk_means[k][sl] = top_val[:, : min(k, N)].mean(axis=1)
-            if neighbour_k is not None:
-                out.neighbour_sum[sl] = (
-                    _sparse_rows(top_idx[:, :neighbour_k], top_val[:, :neighbour_k], N) @ bank
-                )
-        if bank_topk is not None:
-            blk_idx, blk_sim = topk_desc(np.ascontiguousarray(sims.T), kk)
-            out.bank_top_idx, out.bank_top_sim = merge_topk(
-                out.bank_top_idx, out.bank_top_sim, blk_idx + sl.start, blk_sim, kk
-            )
+        sims = items[sl] @ bank.T  # (B, N); BLAS reads bankᵀ in place
+        b = sims.shape[0]
+        near_idx = np.empty((b, near_k), np.int64)
+        near_val = np.empty((b, near_k), dtype)
+
+        def reduce_chunk(part: slice, sims=sims, sl=sl, near_idx=near_idx, near_val=near_val):
+            at = slice(sl.start + part.start, sl.start + part.stop)
+            means = {k: out.topk_means[k][at] for k in mean_topk}
+            near = (near_idx[part], near_val[part])
+            per_row.run(sims[part], lme[at], means, near)
+
+        parallel_map(reduce_chunk, row_blocks(b, chunk))
+        if out.neighbour_sum is not None:
+            out.neighbour_sum[sl] = _sparse_rows(near_idx, near_val, N).tocsc() @ bank
+        if top is not None:
+            top.update(sims, sl.start)
+    if top is not None:
+        out.bank_top_idx, out.bank_top_sim = top.idx, top.sim
     return out
+
+
+class _BankTop:
+    """Each bank item's k best item rows so far, updated block by block (lower row wins ties)."""
+
+    def __init__(self, columns: int, k: int, dtype: np.dtype) -> None:
+        self.k = k
+        self.idx = np.empty((columns, 0), np.int64)
+        self.sim = np.empty((columns, 0), dtype)
+
+    def update(self, sims: np.ndarray, first_row: int) -> None:
+        """Account for the block ``sims`` (B, N) of item rows ``first_row, …``."""
+        if self.k == 1:
+            self._update_best(sims, first_row)
+            return
+        blk_idx, blk_sim = topk_desc(np.ascontiguousarray(sims.T), self.k)
+        self.idx, self.sim = merge_topk(self.idx, self.sim, blk_idx + first_row, blk_sim, self.k)
+
+    def _update_best(self, sims: np.ndarray, first_row: int) -> None:
+        """k = 1: a column maximum (one cache-friendly pass); the argmax only where it improves."""
+        best = sims.max(axis=0)
+        if self.idx.shape[1] == 0:
+            cols = np.arange(sims.shape[1])
+            self.idx = np.empty((sims.shape[1], 1), np.int64)
+            self.sim = np.empty((sims.shape[1], 1), sims.dtype)
+        else:
+            cols = np.flatnonzero(best > self.sim[:, 0])
+        if cols.size:
+            # first row reaching the column maximum, chunked so the gather stays small
+            rows = np.concatenate(
+                [
+                    (sims[:, cols[c]] == best[cols[c]]).argmax(axis=0)
+                    for c in row_blocks(cols.size, block_rows(sims.shape[0], 1, CHUNK_BYTES))
+                ]
+            )
+            self.idx[cols, 0] = rows + first_row
+            self.sim[cols, 0] = best[cols]
 
 
 def _sparse_rows(idx: np.ndarray, val: np.ndarray, columns: int) -> sparse.csr_array:
