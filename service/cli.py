@@ -2,7 +2,8 @@
 
 Each command lives next to the code it drives and registers itself here, so this module stays a
 thin dispatcher: ``serve`` (the HTTP service), ``build-dataset`` (real embeddings from WordNet),
-``evaluate`` and ``tune`` (retrieval quality and hubness on a dataset).
+``evaluate`` and ``tune`` (retrieval quality and hubness on a dataset), ``export`` (the
+bias-augmented gallery to Parquet or Milvus).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ COMMAND_MODULES = (
     "service.commands.serve",
     "service.datasets.commands",
     "service.evaluation.commands",
+    "service.export.commands",
 )
 
 

@@ -7,7 +7,7 @@ Each field's description is the README's settings table; ``hubless serve --env-f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,8 +52,29 @@ class Settings(BaseSettings):
     pool_rate: float = Field(0.01, gt=0, le=1, description="LocalAdj: share of a bank kept")
 
     # --- serving ----------------------------------------------------------------------------
-    backend: Literal["exact", "faiss"] = Field("exact", description="Search backend")
-    faiss_index: Literal["flat", "hnsw"] = Field("flat", description="FAISS index type")
+    backend: Literal["exact", "faiss", "milvus"] = Field(
+        "exact", description="Search backend: 'exact' (numpy), 'faiss' or 'milvus'"
+    )
+    faiss_index: Literal["flat", "hnsw"] = Field(
+        "flat", description="FAISS index: 'flat' (exact) or 'hnsw' (approximate)"
+    )
+    faiss_hnsw_m: int = Field(32, ge=4, description="FAISS HNSW: graph degree")
+    faiss_ef_construction: int = Field(200, ge=8, description="FAISS HNSW: build beam width")
+    faiss_ef_search: int = Field(128, ge=1, description="FAISS HNSW: search beam width")
+    milvus_uri: str | None = Field(
+        None,
+        description="Milvus: http://host:19530 or a milvus-lite file; unset: <data_dir>/milvus.db",
+    )
+    milvus_token: SecretStr | None = Field(None, description="Milvus: user:password or API key")
+    milvus_collection: str = Field(
+        "hubless", description="Milvus: collection prefix (<prefix>_original, <prefix>_invgc)"
+    )
+    milvus_index: Literal["flat", "hnsw", "ivf_flat"] = Field(
+        "flat", description="Milvus index: 'flat' (exact), 'hnsw' or 'ivf_flat' (approximate)"
+    )
+    milvus_read_only: bool = Field(
+        False, description="Milvus: search only, refuse gallery writes (reader replicas)"
+    )
     host: str = Field("127.0.0.1", description="Address `hubless serve` binds")
     port: int = Field(8000, ge=1, le=65535, description="Port `hubless serve` binds")
     max_queries: int = Field(1024, ge=1, description="Most queries in one search request")
@@ -102,6 +123,31 @@ class Settings(BaseSettings):
             pool_rate=self.pool_rate,
             adjacency=self.invgc_adjacency,
         )
+
+    def backend_options(self) -> dict[str, Any]:
+        """Keyword options of the chosen backend (``service.backends.backend_factory``)."""
+        if self.backend == "faiss":
+            hnsw = {
+                "m": self.faiss_hnsw_m,
+                "ef_construction": self.faiss_ef_construction,
+                "ef_search": self.faiss_ef_search,
+            }
+            return {"index": self.faiss_index, "hnsw": hnsw}
+        if self.backend == "milvus":
+            token = self.milvus_token.get_secret_value() if self.milvus_token else None
+            return {
+                "uri": self.milvus_uri or str(self.data_dir / "milvus.db"),
+                "token": token,
+                "collection": self.milvus_collection,
+                "index": self.milvus_index,
+                "read_only": self.milvus_read_only,
+            }
+        return {}
+
+    @property
+    def read_only(self) -> bool:
+        """A reader replica: gallery writes are refused (another replica owns them)."""
+        return self.backend == "milvus" and self.milvus_read_only
 
     def gallery_path(self) -> Path:
         return self.gallery or DEMO_DIR / "gallery.npy"

@@ -23,4 +23,4 @@ def test_settings_table_is_current() -> None:
 def test_cli_lists_its_commands() -> None:
     parser = build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
-    assert {"serve", "build-dataset"} <= set(commands)
+    assert {"serve", "build-dataset", "evaluate", "tune", "export"} <= set(commands)

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.algorithms import InputError
+from service.backends.base import BackendUnavailable
 from service.engine.state import UnknownIdError
 from service.logs import request_id
 
@@ -89,6 +90,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UnknownIdError)
     async def _unknown_id(_: Request, exc: UnknownIdError) -> JSONResponse:
         return error_response(404, "not_found", str(exc), exc.field)
+
+    @app.exception_handler(BackendUnavailable)
+    async def _backend_unavailable(_: Request, exc: BackendUnavailable) -> JSONResponse:
+        log.warning("backend unavailable", extra={"error": str(exc)})
+        message = f"search backend unavailable, nothing was changed; retry later ({exc})"
+        return error_response(503, "backend_unavailable", message, headers={"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -78,8 +78,14 @@ def _check_key(request: Request, runtime: Runtime) -> None:
 
 
 def require_write(request: Request, runtime: RuntimeDep) -> None:
-    """Writes need the API key whenever one is configured."""
+    """Writes need the API key whenever one is configured, and a replica that may write."""
     _check_key(request, runtime)
+    if runtime.settings.read_only:
+        message = (
+            "this replica is read-only (HUBLESS_MILVUS_READ_ONLY=true): "
+            "send gallery changes to the writer replica"
+        )
+        raise ApiError(403, "read_only", message)
 
 
 def require_read(request: Request, runtime: RuntimeDep) -> None:

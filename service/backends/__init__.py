@@ -3,24 +3,46 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from service.algorithms import GalleryView
-from service.backends.base import SearchBackend
+from service.backends.base import BackendUnavailable, SearchBackend
 from service.backends.exact import ExactBackend
 
 #: (view, ids of its rows, backend of the previous state or None) -> backend
 BackendFactory = Callable[[GalleryView, tuple[str, ...], SearchBackend | None], SearchBackend]
 
+BACKENDS = ("exact", "faiss", "milvus")
 
-def backend_factory(name: str, **options: str) -> BackendFactory:
-    """The constructor of backend ``name`` ("exact" or "faiss"), with its options bound."""
+
+def backend_factory(name: str, **options: Any) -> BackendFactory:
+    """The constructor of backend ``name`` (one of :data:`BACKENDS`), with its options bound.
+
+    FAISS and Milvus are imported only when chosen: the image of the exact backend needs neither.
+    """
+    backend: Callable[..., SearchBackend]
     if name == "exact":
         return ExactBackend
     if name == "faiss":
-        from service.backends.faiss import FaissBackend  # optional dependency
+        from service.backends.faiss import FaissBackend, HnswSettings
 
-        return lambda view, ids, previous: FaissBackend(view, ids, previous, **options)
-    raise ValueError(f"unknown backend {name!r}; expected 'exact' or 'faiss'")
+        if isinstance(options.get("hnsw"), dict):
+            options["hnsw"] = HnswSettings(**options["hnsw"])
+        backend = FaissBackend
+    elif name == "milvus":
+        from service.backends.milvus import MilvusBackend
+
+        backend = MilvusBackend
+    else:
+        raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    return lambda view, ids, previous: backend(view, ids, previous, **options)
 
 
-__all__ = ["BackendFactory", "ExactBackend", "SearchBackend", "backend_factory"]
+__all__ = [
+    "BACKENDS",
+    "BackendFactory",
+    "BackendUnavailable",
+    "ExactBackend",
+    "SearchBackend",
+    "backend_factory",
+]

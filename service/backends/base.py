@@ -14,6 +14,11 @@ import numpy as np
 from service.algorithms import GalleryView, QueryPlan
 
 
+class BackendUnavailable(RuntimeError):
+    """An external index (Milvus) failed or could not be reached. Nothing was changed in the
+    service's state; the request can be retried (the API answers 503)."""
+
+
 class SearchBackend(ABC):
     """Top-k search over one gallery view. Instances are immutable once built."""
 

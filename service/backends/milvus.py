@@ -35,9 +35,10 @@ from typing import Any, Literal
 
 import numpy as np
 from pymilvus import DataType, MilvusClient
+from pymilvus.exceptions import MilvusException
 
 from service.algorithms import GalleryView, QueryPlan, top1_raw
-from service.backends.base import SearchBackend
+from service.backends.base import BackendUnavailable, SearchBackend
 from service.export.augment import EXTRA_DIMS, view_coordinates
 
 log = logging.getLogger(__name__)
@@ -387,6 +388,9 @@ class MilvusBackend(SearchBackend):
         with handle.lock:
             try:
                 upserted, deleted = apply()
+            except MilvusException as exc:
+                handle.dirty = True
+                raise BackendUnavailable(f"Milvus write to {handle.name!r} failed: {exc}") from exc
             except BaseException:
                 handle.dirty = True
                 raise
@@ -512,14 +516,18 @@ class MilvusBackend(SearchBackend):
         elif self.index == "ivf_flat":
             params["params"] = {"nprobe": self._nprobe}
         for start in range(0, coords.shape[0], SEARCH_BATCH):
-            yield from handle.client.search(
-                handle.name,
-                data=list(coords[start : start + SEARCH_BATCH]),
-                limit=limit,
-                output_fields=[],
-                search_params=params,
-                consistency_level=self.consistency,
-            )
+            try:
+                hits = handle.client.search(
+                    handle.name,
+                    data=list(coords[start : start + SEARCH_BATCH]),
+                    limit=limit,
+                    output_fields=[],
+                    search_params=params,
+                    consistency_level=self.consistency,
+                )
+            except MilvusException as exc:
+                raise BackendUnavailable(f"Milvus search of {handle.name!r} failed: {exc}") from exc
+            yield from hits
 
 
 def _row_chunks(n: int, rows: int = 65536) -> Iterator[slice]:

@@ -65,7 +65,7 @@ def load_engine(settings: Settings) -> Engine:
             cache.save(cache_dir, key, prepared)
     prepared_at = time.perf_counter()
 
-    backend = backend_factory(settings.backend, index=settings.faiss_index)
+    backend = backend_factory(settings.backend, **settings.backend_options())
     # every logged change made one version, so a snapshot of seq changes is version 1 + seq
     version = 1 + (snapshot.seq if snapshot else 0)
     engine = Engine.from_prepared(

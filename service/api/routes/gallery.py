@@ -22,6 +22,7 @@ from service.engine import ChangeResult
 
 router = APIRouter(prefix="/gallery", tags=["gallery"])
 ERRORS = error_responses(400, 401, 404, 413, 422, 503)
+WRITE_ERRORS = error_responses(400, 401, 403, 404, 413, 422, 503)
 
 
 @router.get("", response_model=GalleryPage, responses=ERRORS, dependencies=[Depends(require_read)])
@@ -96,7 +97,10 @@ def _changed(runtime: Runtime, result: ChangeResult) -> dict:
 
 
 @router.put(
-    "", response_model=ChangeResponse, responses=ERRORS, dependencies=[Depends(require_write)]
+    "",
+    response_model=ChangeResponse,
+    responses=WRITE_ERRORS,
+    dependencies=[Depends(require_write)],
 )
 def upsert(body: UpsertRequest, engine: EngineDep, runtime: RuntimeDep) -> dict:
     """Insert or replace a batch of items. All or nothing: on any error the gallery is
@@ -127,7 +131,7 @@ def _delete(ids: list[str], engine: EngineDep, runtime: Runtime) -> dict:
 @router.post(
     "/delete",
     response_model=ChangeResponse,
-    responses=ERRORS,
+    responses=WRITE_ERRORS,
     dependencies=[Depends(require_write)],
 )
 def delete_many(body: DeleteRequest, engine: EngineDep, runtime: RuntimeDep) -> dict:
@@ -138,7 +142,7 @@ def delete_many(body: DeleteRequest, engine: EngineDep, runtime: RuntimeDep) -> 
 @router.delete(
     "/{item_id:path}",
     response_model=ChangeResponse,
-    responses=ERRORS,
+    responses=WRITE_ERRORS,
     dependencies=[Depends(require_write)],
 )
 def delete_one(item_id: str, engine: EngineDep, runtime: RuntimeDep) -> dict:

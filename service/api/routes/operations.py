@@ -42,7 +42,7 @@ def metrics(runtime: RuntimeDep) -> Response:
 @router.post(
     "/admin/snapshot",
     response_model=Readiness,
-    responses=error_responses(401, 503),
+    responses=error_responses(401, 403, 503),
     dependencies=[Depends(require_write)],
 )
 def snapshot(engine: EngineDep) -> dict:
