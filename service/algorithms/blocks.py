@@ -64,6 +64,7 @@ def _topk_of_negated(neg: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return np.empty((m, 0), np.int64), np.empty((m, 0), neg.dtype)
     if k < n:
         part = np.argpartition(neg, k - 1, axis=1)[:, :k]
+        _lowest_index_ties(neg, part)
     else:
         part = np.broadcast_to(np.arange(n), (m, n))
     neg_vals = np.take_along_axis(neg, part, axis=1)
@@ -71,6 +72,22 @@ def _topk_of_negated(neg: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.lexsort((part, neg_vals), axis=1)
     idx = np.take_along_axis(part, order, axis=1).astype(np.int64, copy=False)
     return idx, np.negative(np.take_along_axis(neg_vals, order, axis=1))
+
+
+def _lowest_index_ties(neg: np.ndarray, part: np.ndarray) -> None:
+    """Make ``part`` (argpartition's k winners of each row of ``neg``) take the lowest-index
+    members of a tie straddling the k-th place, in place.
+
+    argpartition picks arbitrary tie members; one counting pass finds the rows where more than
+    k entries reach the k-th value (≈ 10% of the partition's cost), and only those rows (rare
+    outside degenerate data) are redone in Python.
+    """
+    k = part.shape[1]
+    kth = np.take_along_axis(neg, part, axis=1).max(axis=1, keepdims=True)
+    for row in np.flatnonzero((neg <= kth).sum(axis=1) > k):
+        better = np.flatnonzero(neg[row] < kth[row])
+        tied = np.flatnonzero(neg[row] == kth[row])[: k - better.size]
+        part[row] = np.concatenate([better, tied])
 
 
 def topk_desc(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

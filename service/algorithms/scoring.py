@@ -76,21 +76,41 @@ def dense_scores(queries: np.ndarray, view: GalleryView, plan: QueryPlan) -> np.
 def ranks_of(
     queries: np.ndarray, view: GalleryView, plan: QueryPlan, truth: np.ndarray
 ) -> np.ndarray:
-    """(m,) 1-based rank of gallery row ``truth[i]`` for query i: 1 + #items scoring higher."""
+    """(m,) 1-based rank of gallery row ``truth[i]`` for query i: 1 + #items scoring higher.
+
+    "Higher" compares values of the same blocked product: an exact duplicate of the true item
+    has bitwise the same score there, whereas a separately computed true score (einsum) can
+    differ by an ulp. The einsum estimate only splits each block into "clearly higher" (counted
+    at once) and a narrow band around it (kept, and compared at the end with the true item's
+    score taken from its own block).
+    """
     m = queries.shape[0]
-    rows = np.arange(m)
-    true_score = np.empty(m, view.embeddings.dtype)
+    dtype = view.embeddings.dtype
+    estimate, magnitude = np.empty(m, np.float64), np.empty(m, np.float64)
     for i in range(0, m, 4096):  # the true items' own scores, one small product per chunk
         sl = slice(i, min(m, i + 4096))
-        true_score[sl] = plan.weight * np.einsum(
+        bias = plan.coefficients[sl] * view.stats[truth[sl]]
+        estimate[sl] = plan.weight * np.einsum(
             "ij,ij->i", queries[sl], view.embeddings[truth[sl]]
-        ) + np.einsum("ij,ij->i", plan.coefficients[sl], view.stats[truth[sl]])
+        ) + bias.sum(axis=1)
+        magnitude[sl] = abs(plan.weight) + np.abs(bias).sum(axis=1)
+    # twice the worst-case rounding error of a (d + 4)-term float sum of unit-vector products
+    # (Σ|q_i g_i| ≤ 1), so the band always holds the true item's score and its exact duplicates
+    tol = 2 * (view.embeddings.shape[1] + 8) * np.finfo(dtype).eps * (magnitude + np.abs(estimate))
+    above = (estimate + tol).astype(dtype)[:, None]
+    below = (estimate - tol).astype(dtype)[:, None]
+    rows = np.arange(m)
     higher = np.zeros(m, np.int64)
+    true_score = np.empty(m, dtype)
+    band_query, band_score = [], []
     for sl in row_blocks(view.size, _rows(view, m)):
         scores = score_block(queries, view, plan, sl)
-        higher += (scores > true_score[:, None]).sum(axis=1)
+        higher += (scores > above).sum(axis=1)
+        q, col = np.nonzero((scores >= below) & (scores <= above))
+        band_query.append(q)
+        band_score.append(scores[q, col])
         in_block = (truth >= sl.start) & (truth < sl.stop)
-        # the true item never outranks itself, even if rounding makes it differ from true_score
-        own = scores[rows[in_block], truth[in_block] - sl.start]
-        higher[in_block] -= own > true_score[in_block]
+        true_score[in_block] = scores[rows[in_block], truth[in_block] - sl.start]
+    q, score = np.concatenate(band_query), np.concatenate(band_score)
+    higher += np.bincount(q[score > true_score[q]], minlength=m)
     return higher + 1

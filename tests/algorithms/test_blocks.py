@@ -80,14 +80,6 @@ def test_topk_desc_ties_within_winners_by_lower_index():
     np.testing.assert_array_equal(idx, [[1, 3, 0, 2]])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: blocks.topk_desc documents 'Ties are broken by the lower index' but argpartition "
-        "picks an arbitrary member of a tie straddling the k-th place: "
-        "topk_desc([[0, 0, 1, 1]], 1) returns [3], not [2]"
-    ),
-)
 def test_topk_desc_ties_at_the_boundary_by_lower_index():
     idx, _ = topk_desc(np.array([[0.0, 0.0, 1.0, 1.0]]), 1)
     np.testing.assert_array_equal(idx, [[2]])

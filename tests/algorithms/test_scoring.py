@@ -393,14 +393,6 @@ def duplicate_gallery_problem(seed: int) -> Problem:
     return Problem(gallery, unit_rows(rng, 7, d), unit_rows(rng, 6, d), queries)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: scoring.ranks_of computes the true item's score with einsum but every other "
-        "item's with the blocked matmul; for an exact duplicate of the true item (equal score) "
-        "the two roundings differ by an ulp and the duplicate is counted as scoring higher"
-    ),
-)
 def test_ranks_of_does_not_count_exact_duplicates_as_higher():
     params = small_params(nnn_topk=3, csls_topk=2)
     wrong = []
