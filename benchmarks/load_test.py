@@ -1,6 +1,6 @@
 """Load test and bad-input survey of a real ``hubless serve`` process, on loopback only.
 
-    python benchmarks/load_test.py            # ~30 s of load, then rewrites docs/reliability.md
+    python benchmarks/load_test.py            # ~30 s of load, then rewrites docs/reliability.md and README.md
     python benchmarks/load_test.py --duration 10 --no-docs
 
 Concurrent searches and gallery upserts run against one uvicorn process on 127.0.0.1; the run
@@ -43,7 +43,8 @@ if str(REPO_ROOT) not in sys.path:  # `python benchmarks/load_test.py` from a ch
 from service.algorithms import METHODS, check_embeddings  # noqa: E402
 from service.settings import DEMO_DIR  # noqa: E402
 
-DOCS = REPO_ROOT / "docs" / "reliability.md"
+#: Files carrying the generated sections (the README shows the same tables as the docs page).
+DOCS = (REPO_ROOT / "docs" / "reliability.md", REPO_ROOT / "README.md")
 LOOPBACK = "127.0.0.1"
 
 #: Small limits for the bad-input survey, so "too large" cases stay cheap to send.
@@ -626,11 +627,12 @@ def main(argv: list[str] | None = None) -> int:
         print("INCONSISTENT:", problem)
     print(survey_table(rows))
     if not args.no_docs:
-        text = DOCS.read_text(encoding="utf-8")
-        text = replace_section(text, "load-test", load_section(report, args.gallery_rows))
-        text = replace_section(text, "bad-inputs", survey_table(rows))
-        DOCS.write_text(text, encoding="utf-8")
-        print(f"wrote {DOCS.relative_to(REPO_ROOT)}")
+        for doc in DOCS:
+            text = doc.read_text(encoding="utf-8")
+            text = replace_section(text, "load-test", load_section(report, args.gallery_rows))
+            text = replace_section(text, "bad-inputs", survey_table(rows))
+            doc.write_text(text, encoding="utf-8")
+            print(f"wrote {doc.relative_to(REPO_ROOT)}")
     return 0 if report.ok else 1
 
 

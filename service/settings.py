@@ -6,9 +6,12 @@ Each field's description is the README's settings table; ``hubless serve --env-f
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -161,6 +164,23 @@ class Settings(BaseSettings):
         if self.query_bank is None or self.gallery_bank is None:
             return DEMO_DIR / "query_bank.npy", DEMO_DIR / "gallery_bank.npy"
         return self.query_bank, self.gallery_bank
+
+
+def unknown_variables(env_file: Path | None = None) -> tuple[list[str], list[str]]:
+    """``HUBLESS_*`` names that are no setting: (in the env file, in the environment).
+
+    Unknown names are otherwise ignored (``extra="ignore"``), so a typo such as
+    ``HUBLESS_BETA_QUERYBANK`` would silently leave the default in force.
+    """
+    known = {f"HUBLESS_{name.upper()}" for name in Settings.model_fields}
+
+    def unknown(names: Iterable[str]) -> list[str]:
+        return sorted(
+            n for n in names if n.upper().startswith("HUBLESS_") and n.upper() not in known
+        )
+
+    in_file = unknown(dotenv_values(env_file)) if env_file is not None else []
+    return in_file, unknown(os.environ)
 
 
 def settings_table() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -20,8 +21,14 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
-    from service.settings import Settings
+    from service.settings import Settings, unknown_variables
 
+    in_file, in_environment = unknown_variables(args.env_file)
+    if in_file:
+        print(f"hubless serve: {args.env_file} names unknown settings: {in_file}", file=sys.stderr)
+        return 2
+    if in_environment:  # other tools may set HUBLESS_-prefixed variables: warn, don't refuse
+        print(f"hubless serve: ignoring unknown variables {in_environment}", file=sys.stderr)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = Settings(_env_file=args.env_file, **overrides)  # type: ignore[call-arg]
     # one process, threads for concurrency: searches share the in-memory gallery (README)

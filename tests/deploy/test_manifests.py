@@ -189,3 +189,8 @@ def test_deploy_readme_covers_every_manifest() -> None:
     readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
     for path in K8S.glob("*.yaml"):
         assert path.name in readme, f"deploy/README.md does not mention {path.name}"
+
+
+def test_no_service_link_variables_enter_the_settings_namespace(pod: dict) -> None:
+    """A Service named "hubless" would inject HUBLESS_PORT=tcp://… and friends."""
+    assert pod["spec"]["enableServiceLinks"] is False

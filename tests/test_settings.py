@@ -1,0 +1,53 @@
+"""Settings: backend options, read-only replicas, and unknown HUBLESS_ names caught early."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.backends import backend_factory
+from service.cli import build_parser
+from service.settings import Settings, unknown_variables
+
+
+def test_backend_options_follow_the_backend(tmp_path: Path) -> None:
+    assert Settings().backend_options() == {}
+    faiss = Settings(backend="faiss", faiss_index="hnsw", faiss_ef_search=64).backend_options()
+    assert faiss["index"] == "hnsw" and faiss["hnsw"]["ef_search"] == 64
+    milvus = Settings(backend="milvus", data_dir=tmp_path, milvus_token="u:p").backend_options()
+    assert milvus["uri"] == str(tmp_path / "milvus.db") and milvus["token"] == "u:p"
+    assert Settings(backend="milvus", milvus_uri="http://m:19530").backend_options()["uri"] == (
+        "http://m:19530"
+    )
+
+
+def test_every_backend_has_a_factory() -> None:
+    for name in ("exact", "faiss", "milvus"):
+        assert callable(backend_factory(name, **Settings(backend=name).backend_options()))
+    with pytest.raises(ValueError, match="unknown backend"):
+        backend_factory("annoy")
+
+
+def test_only_a_milvus_reader_is_read_only() -> None:
+    assert not Settings().read_only
+    assert not Settings(backend="milvus").read_only
+    assert Settings(backend="milvus", milvus_read_only=True).read_only
+    assert not Settings(backend="exact", milvus_read_only=True).read_only
+
+
+def test_unknown_names_are_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = tmp_path / "tuned.env"
+    env.write_text("HUBLESS_BETA_QUERY_BANK=20\nHUBLESS_BETA_QUERYBANK=20\nOTHER=1\n")
+    monkeypatch.setenv("HUBLESS_LOGLEVEL", "DEBUG")
+    assert unknown_variables(env) == (["HUBLESS_BETA_QUERYBANK"], ["HUBLESS_LOGLEVEL"])
+
+
+def test_serve_refuses_an_env_file_with_a_typo(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = tmp_path / "tuned.env"
+    env.write_text("HUBLESS_DEFAULT_METHD=nnn\n")
+    args = build_parser().parse_args(["serve", "--env-file", str(env)])
+    assert args.func(args) == 2
+    assert "HUBLESS_DEFAULT_METHD" in capsys.readouterr().err
