@@ -57,7 +57,13 @@ def check_embeddings(
     if not finite.all():
         bad = int(np.flatnonzero(~finite)[0])
         raise InputError(field, f"row {bad} contains NaN or infinity; expected finite numbers")
-    norms = np.linalg.norm(arr, axis=1)
+    with np.errstate(over="ignore"):
+        norms = np.linalg.norm(arr, axis=1)
+    huge = ~np.isfinite(norms)  # finite rows whose sum of squares overflows (float32: |x| ≳ 1e19)
+    if huge.any():  # divide those by their largest |x| first: same direction, no overflow
+        arr = arr.copy()
+        arr[huge] /= np.abs(arr[huge]).max(axis=1, keepdims=True)
+        norms[huge] = np.linalg.norm(arr[huge], axis=1)
     if arr.shape[0] and (norms < MIN_NORM).any():
         bad = int(np.flatnonzero(norms < MIN_NORM)[0])
         raise InputError(field, f"row {bad} is an all-zero vector; it has no direction to compare")

@@ -201,3 +201,15 @@ def test_parameters_accept_numpy_scalars_and_reject_bools() -> None:
             NormParams(**bad)
     with pytest.raises(InputError, match="pool_rate"):
         InvGCParams(pool_rate=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_huge_finite_rows_keep_their_direction(dtype):
+    """Squaring 1e20 overflows float32: such rows must still normalise, not become zeros/NaN."""
+    big = np.finfo(dtype).max / 4
+    x = np.array([[big, -big, 0.0], [3.0, 4.0, 0.0]], dtype=dtype)
+    before = x.copy()
+    out = check_embeddings(x, field="q")
+    np.testing.assert_allclose(out[0], [2**-0.5, -(2**-0.5), 0.0], rtol=1e-6)
+    np.testing.assert_allclose(out[1], [0.6, 0.8, 0.0], rtol=1e-6)
+    np.testing.assert_array_equal(x, before)  # the caller's array is untouched
