@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # hubless: the HTTP service in a small image.
 #   docker build -t hubless .
+#   docker build -t hubless-faiss --build-arg EXTRAS=faiss .   # with the FAISS backend
 #   docker run -p 8000:8000 hubless                      # serves the bundled demo dataset
 #   docker run -p 8000:8000 -v hubless-data:/data -v "$PWD/mydata:/data/input:ro" \
 #     -e HUBLESS_GALLERY=/data/input/gallery.npy -e HUBLESS_GALLERY_IDS=/data/input/gallery_ids.txt \
@@ -9,9 +10,12 @@
 # See deploy/README.md (compose, Kubernetes).
 
 ARG PYTHON_IMAGE=python:3.11-slim
+# optional extras baked in: "" (exact backend only), "faiss", "milvus", "faiss,export", …
+ARG EXTRAS=""
 
 # --- builder: a virtual environment with the package and its runtime dependencies only -------
 FROM ${PYTHON_IMAGE} AS builder
+ARG EXTRAS
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -23,7 +27,7 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 # every dependency ships binary wheels: no compiler here, and no test extras in the image
 RUN pip install --no-cache-dir --upgrade pip \
- && pip install --no-cache-dir . \
+ && pip install --no-cache-dir ".${EXTRAS:+[$EXTRAS]}" \
  && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 
 # --- runtime: the venv on a clean slim image, run as an unprivileged user --------------------
