@@ -261,8 +261,10 @@ class _Collection:
         return self.synced()
 
 
-#: (uri, prefix) -> live collections by view kind, to tell the original view from the InvGC one
-_live: dict[tuple[str, str], dict[str, weakref.ref[_Collection]]] = {}
+#: (uri, prefix, read_only) -> live collections by view kind, to tell the original view from the
+#: InvGC one. Readers claim apart from writers: a read-only engine in the same process as the
+#: writer (an embedded reader, tests) writes nothing, so it cannot overwrite the writer's rows.
+_live: dict[tuple[str, str, bool], dict[str, weakref.ref[_Collection]]] = {}
 _live_lock = threading.Lock()
 
 
@@ -324,6 +326,7 @@ class MilvusBackend(SearchBackend):
             and kind in ("auto", previous._collection.kind)
         )
         self._key = (uri, collection)
+        self._claim_key = (uri, collection, read_only)
         if chained:
             assert isinstance(previous, MilvusBackend)
             self._collection = previous._collection
@@ -357,11 +360,12 @@ class MilvusBackend(SearchBackend):
         one, with nothing telling them apart; so "auto" takes ``original`` unless a live
         collection chain of this process already holds it, then ``invgc``. Two live engines on
         one prefix would overwrite each other's collections anyway, so a third claim fails.
+        Read-only backends claim among themselves (a reader may share a process with the writer).
         """
         if kind != "auto":
             return kind
         with _live_lock:
-            live = _live.get(self._key, {})
+            live = _live.get(self._claim_key, {})
             for candidate in ("original", "invgc"):
                 ref = live.get(candidate)
                 if ref is None or ref() is None:
@@ -374,7 +378,7 @@ class MilvusBackend(SearchBackend):
     def _register(self) -> None:
         with _live_lock:
             self_ref = weakref.ref(self._collection)
-            _live.setdefault(self._key, {})[self._collection.kind] = self_ref
+            _live.setdefault(self._claim_key, {})[self._collection.kind] = self_ref
 
     @property
     def collection_name(self) -> str:

@@ -333,6 +333,19 @@ def test_auto_kind_refuses_a_third_live_chain(uri, parity, gallery) -> None:
     )
 
 
+def test_a_reader_in_the_writers_process_claims_apart(uri, parity, gallery) -> None:
+    """Regression: a read-only engine next to the writer's (an embedded reader) failed with
+    "two live engines" although it never writes."""
+    view, _ = parity[False]
+    writers = [MilvusBackend(view, gallery[0], None, uri=uri, collection="shared") for _ in "ab"]
+    readers = [
+        MilvusBackend(view, gallery[0], None, uri=uri, collection="shared", read_only=True)
+        for _ in "ab"
+    ]
+    assert [b.collection_name for b in writers + readers] == ["shared_original", "shared_invgc"] * 2
+    assert all(reader.sync.mode == "none" for reader in readers)
+
+
 def test_digests_see_every_bit() -> None:
     rows = np.random.default_rng(0).normal(size=(50, 388)).astype(np.float32)
     assert np.array_equal(row_digests(rows), row_digests(rows.copy()))
