@@ -222,17 +222,26 @@ def stored_vectors(client: MilvusClient, name: str, ids: list[str]) -> dict[str,
 
 
 def stored_digests(client: MilvusClient, name: str) -> dict[str, int]:
-    """Every stored row's id and digest (no vectors), read with a query iterator."""
-    iterator = client.query_iterator(
-        name, batch_size=WRITE_BATCH * 4, output_fields=[ID_FIELD, DIGEST_FIELD], filter=""
-    )
+    """Every stored row's id and digest (no vectors)."""
     out: dict[str, int] = {}
+    for batch in iter_stored(client, name):
+        out.update((row[ID_FIELD], int(row[DIGEST_FIELD])) for row in batch)
+    return out
+
+
+def iter_stored(
+    client: MilvusClient, name: str, fields: tuple[str, ...] = (ID_FIELD, DIGEST_FIELD)
+) -> Iterator[list[dict]]:
+    """Every stored row's ``fields``, in batches from a query iterator: a pass over a huge
+    collection (the export's leftover check) holds one batch, not every id."""
+    iterator = client.query_iterator(
+        name, batch_size=WRITE_BATCH * 4, output_fields=list(fields), filter=""
+    )
     try:
         while batch := iterator.next():
-            out.update((row[ID_FIELD], int(row[DIGEST_FIELD])) for row in batch)
+            yield batch
     finally:
         iterator.close()
-    return out
 
 
 # --- the backend -----------------------------------------------------------------------------

@@ -148,14 +148,18 @@ class MilvusSink:
         self.rows += len(ids)
 
     def finish(self) -> dict[str, Any]:
-        from service.backends.milvus import delete_ids, stored_digests
+        """Delete stored ids this export did not write, reading the stored ids batch by batch
+        (a dict of every id of a huge collection would not fit the memory bound)."""
+        from service.backends.milvus import ID_FIELD, delete_ids, iter_stored
 
         written = np.sort(np.concatenate([np.empty(0, np.int64), *self._written]))
-        stored = list(stored_digests(self.client, self.collection))
-        leftover = ~np.isin(id_fingerprints(stored), written)
-        deleted = delete_ids(
-            self.client, self.collection, [i for i, x in zip(stored, leftover, strict=True) if x]
-        )
+        leftovers: list[str] = []
+        for batch in iter_stored(self.client, self.collection, (ID_FIELD,)):
+            stored = [row[ID_FIELD] for row in batch]
+            unknown = ~np.isin(id_fingerprints(stored), written)
+            leftovers.extend(i for i, x in zip(stored, unknown, strict=True) if x)
+        # deleted after the pass: deleting while the iterator pages could skip rows
+        deleted = delete_ids(self.client, self.collection, leftovers)
         return {
             "milvus_uri": self.uri,
             "collection": self.collection,

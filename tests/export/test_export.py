@@ -208,11 +208,22 @@ def test_export_command_rejects_missing_outputs_and_bad_files(env_file, tmp_path
 
 
 def test_export_to_milvus_is_what_the_backend_would_write(
-    env_file, files, banks, gallery, tmp_path
+    env_file, files, banks, gallery, tmp_path, monkeypatch: pytest.MonkeyPatch
 ):
-    from service.backends.milvus import MilvusBackend
+    from service.backends import milvus as milvus_module
+    from service.backends.milvus import (
+        MilvusBackend,
+        ensure_collection,
+        milvus_client,
+        upsert_rows,
+    )
 
     uri = str(tmp_path / "export.db")
+    # a row of an older export, not in this gallery: the export deletes it (regression: the
+    # leftover check held every stored id at once; it now pages through them, one page held)
+    ensure_collection(milvus_client(uri), "exp_original", banks.dim + 4)
+    upsert_rows(milvus_client(uri), "exp_original", ["stale"], np.ones((1, banks.dim + 4)))
+    monkeypatch.setattr(milvus_module, "WRITE_BATCH", 64)  # several pages of stored ids
     argv = [
         "--milvus-uri",
         uri,
@@ -223,6 +234,9 @@ def test_export_to_milvus_is_what_the_backend_would_write(
         str(tmp_path),
     ]
     assert _run([*argv, "--chunk-rows", "256", "--workers", "1"], env_file) == 0
+    sidecar = json.loads((tmp_path / "gallery.json").read_text(encoding="utf-8"))
+    milvus_output = next(o for o in sidecar["outputs"] if "collection" in o)
+    assert (milvus_output["rows"], milvus_output["deleted_leftovers"]) == (N_GALLERY, 1)
     ids = tuple(files["ids"].read_text(encoding="utf-8").splitlines())
     view = prepare_items(gallery, banks, NORM, None).original
     backend = MilvusBackend(view, ids, None, uri=uri, collection="exp", kind="original")
