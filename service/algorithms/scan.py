@@ -16,6 +16,9 @@ not a transposed copy and a partition.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +33,21 @@ from service.algorithms.blocks import (
     row_blocks,
     topk_desc,
 )
+
+_progress: ContextVar[Callable[[int], None] | None] = ContextVar("scan_progress", default=None)
+
+
+@contextmanager
+def scan_progress(callback: Callable[[int], None]) -> Iterator[None]:
+    """Call ``callback(pairs)`` after every block that :func:`scan_bank` finishes in this context
+    (this thread), with the block's ``rows × bank size`` similarities: a progress bar for long
+    precomputes without threading a parameter through every caller. ``prepare_items`` of n items
+    scans n·(|BQ| + |BG|) pairs, twice with InvGC (original and adjusted items)."""
+    token = _progress.set(callback)
+    try:
+        yield
+    finally:
+        _progress.reset(token)
 
 
 @dataclass
@@ -131,6 +149,7 @@ def scan_bank(
     if neighbour_k is not None:
         out.neighbour_sum = np.empty_like(items)
     top = _BankTop(N, min(bank_topk, n), dtype) if bank_topk is not None else None
+    report = _progress.get()
     for sl in row_blocks(n, rows):
         sims = items[sl] @ bank.T  # (B, N); BLAS reads bankᵀ in place
         b = sims.shape[0]
@@ -148,6 +167,8 @@ def scan_bank(
             out.neighbour_sum[sl] = _sparse_rows(near_idx, near_val, N).tocsc() @ bank
         if top is not None:
             top.update(sims, sl.start)
+        if report is not None:
+            report(b * N)
     if top is not None:
         out.bank_top_idx, out.bank_top_sim = top.idx, top.sim
     return out

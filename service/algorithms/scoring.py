@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.algorithms.blocks import block_rows, merge_topk, row_blocks, topk_desc
+from service.algorithms.blocks import (
+    CHUNK_BYTES,
+    block_rows,
+    merge_topk,
+    parallel_map,
+    row_blocks,
+    topk_desc,
+)
 from service.algorithms.normalisers import Normaliser, QueryPlan
 from service.algorithms.stats import NormParams
 from service.algorithms.views import GalleryView
 
 
-def _rows(view: GalleryView, m: int) -> int:
+def search_block_rows(view: GalleryView, m: int) -> int:
+    """Gallery rows per block when scoring ``m`` queries (a 32 MiB block of scores)."""
     return block_rows(max(m, 1), view.embeddings.dtype.itemsize, budget=32 * 1024 * 1024)
 
 
@@ -56,16 +64,55 @@ def score_block(queries: np.ndarray, view: GalleryView, plan: QueryPlan, rows: s
 
 
 def search(
-    queries: np.ndarray, view: GalleryView, plan: QueryPlan, k: int
+    queries: np.ndarray,
+    view: GalleryView,
+    plan: QueryPlan,
+    k: int,
+    *,
+    similarities: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k: (m, k') row indices and reported scores (float64, offsets included)."""
+    """Exact top-k: (m, k') row indices and reported scores (float64, offsets included).
+
+    ``similarities``: ``queries @ view.embeddingsᵀ`` (m, n) if the caller already has it (the
+    dynamic methods' top-1 pass over a gallery that fits one block); it is overwritten.
+    The bias ``C statᵀ`` is computed once per distinct coefficient row (one for the static
+    methods, at most four for the dynamic ones) and added, with the weight, inside the same
+    cache-sized row chunks that the top-k partitions on the block threads: no extra pass.
+    """
     m = queries.shape[0]
+    patterns, pattern_of = np.unique(plan.coefficients, axis=0, return_inverse=True)
+    biased = bool(np.any(patterns))
     idx = np.empty((m, 0), np.int64)
     val = np.empty((m, 0), view.embeddings.dtype)
-    for sl in row_blocks(view.size, _rows(view, m)):
-        blk_idx, blk_val = topk_desc(score_block(queries, view, plan, sl), k)
+    for sl in row_blocks(view.size, search_block_rows(view, m)):
+        if similarities is not None and sl == slice(0, view.size):
+            sims = similarities
+        else:
+            sims = queries @ view.embeddings[sl].T
+        bias = patterns.astype(sims.dtype) @ view.stats[sl].T if biased else None
+        blk_idx, blk_val = _block_topk(sims, plan.weight, bias, pattern_of.ravel(), k)
         idx, val = merge_topk(idx, val, blk_idx + sl.start, blk_val, k)
     return idx, val.astype(np.float64) + plan.offsets[:, None]
+
+
+def _block_topk(
+    sims: np.ndarray, weight: float, bias: np.ndarray | None, pattern_of: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of ``weight·sims + bias[pattern_of]`` per row; ``sims`` (m, B) is overwritten."""
+    chunk = block_rows(sims.shape[1], sims.dtype.itemsize, CHUNK_BYTES)
+
+    def run(rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        part = sims[rows]
+        if weight != 1.0:
+            part *= weight
+        if bias is not None:
+            part += bias[pattern_of[rows]]
+        return topk_desc(part, k)
+
+    results = parallel_map(run, row_blocks(sims.shape[0], chunk))
+    if not results:  # no queries
+        return topk_desc(sims, k)
+    return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
 
 
 def dense_scores(queries: np.ndarray, view: GalleryView, plan: QueryPlan) -> np.ndarray:
@@ -103,7 +150,7 @@ def ranks_of(
     higher = np.zeros(m, np.int64)
     true_score = np.empty(m, dtype)
     band_query, band_score = [], []
-    for sl in row_blocks(view.size, _rows(view, m)):
+    for sl in row_blocks(view.size, search_block_rows(view, m)):
         scores = score_block(queries, view, plan, sl)
         higher += (scores > above).sum(axis=1)
         q, col = np.nonzero((scores >= below) & (scores <= above))
