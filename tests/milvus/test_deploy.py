@@ -1,5 +1,6 @@
-"""deploy/milvus stays consistent with the code: one writer, read-only readers, writes routed
-to the writer, every HUBLESS_* variable a real setting (or one the Milvus settings add)."""
+"""deploy/milvus and docs/milvus.md stay consistent with the code: one writer, read-only
+readers, writes routed to the writer, every HUBLESS_* variable a real setting, and the settings
+table of docs/milvus.md naming the real Milvus settings with their real defaults."""
 
 from __future__ import annotations
 
@@ -10,16 +11,9 @@ import yaml
 
 from service.settings import Settings
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "milvus"
-#: the settings the Milvus backend needs (docs/milvus.md); the rest must exist already
-MILVUS_SETTINGS = {
-    "backend",
-    "milvus_uri",
-    "milvus_token",
-    "milvus_collection",
-    "milvus_index",
-    "milvus_read_only",
-}
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy" / "milvus"
+DOCS = ROOT / "docs" / "milvus.md"
 
 
 def _services() -> dict:
@@ -37,10 +31,13 @@ def test_one_writer_and_read_only_readers() -> None:
         assert service["environment"]["HUBLESS_BACKEND"] == "milvus"
         assert service["environment"]["HUBLESS_MILVUS_URI"] == "http://standalone:19530"
     assert "writer-data:/writer:ro" in reader["volumes"]
+    for service in (writer, reader):  # healthy means ready: readers wait for synced collections
+        assert "/readyz" in " ".join(service["healthcheck"]["test"])
+    assert reader["depends_on"]["writer"] == {"condition": "service_healthy"}
 
 
 def test_every_variable_is_a_setting() -> None:
-    names = set(Settings.model_fields) | MILVUS_SETTINGS
+    names = set(Settings.model_fields)
     for service in ("writer", "reader"):
         for variable in _services()[service]["environment"]:
             assert variable.removeprefix("HUBLESS_").lower() in names, variable
@@ -53,3 +50,18 @@ def test_proxy_sends_writes_to_the_writer() -> None:
     rules = dict(line.split()[:2] for line in mapping.group(1).splitlines() if line.strip())
     assert rules == {"GET": "readers;", "HEAD": "readers;", "default": "writer;"}
     assert re.search(r"location /admin/ \{\s*proxy_pass http://writer;", conf)
+
+
+def test_docs_settings_table_matches_the_settings() -> None:
+    """Every row of the table is a real setting whose default the table states; every setting
+    of the Milvus backend (and the backend choice) has a row."""
+    rows = re.findall(r"^\| `HUBLESS_(\w+)` \| ([^|]+) \|", DOCS.read_text("utf-8"), re.M)
+    documented = {name.lower(): default.strip() for name, default in rows}
+    expected = {"backend"} | {name for name in Settings.model_fields if name.startswith("milvus_")}
+    assert set(documented) == expected
+    for name, default in documented.items():
+        value = Settings.model_fields[name].default
+        if value is None:
+            assert default.startswith("unset"), name
+        else:
+            assert default.startswith(f"`{str(value).lower()}`"), (name, default)
