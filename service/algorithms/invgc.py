@@ -106,7 +106,8 @@ def invgc_adjust(
     pushed = {}
     for name, (bank, rate) in banks.items():
         if params.adjacency == "full":
-            mean = items.mean(axis=0) if gallery_mean is None else gallery_mean
+            # float64: the engine keeps the mean of a changing gallery as a float64 running sum
+            mean = items.mean(axis=0, dtype=np.float64) if gallery_mean is None else gallery_mean
             pushed[name] = push_full(items, bank, rate, mean.astype(items.dtype))
             continue
         k = params.neighbours(bank.shape[0])

@@ -6,11 +6,17 @@ original and adjusted parts with exactly four products ``items·BQᵀ``, ``items
 ``items'·BQᵀ``, ``items'·BGᵀ``: the first two serve both LocalAdj and the original view's
 stats. Views are immutable; :meth:`GalleryView.append` and :meth:`GalleryView.remove` return new
 views and touch only what a change affects.
+
+Appends are amortised O(rows added), not O(n·d): a view's arrays are the first n rows of
+buffers with spare rows (:class:`GrowthBuffers`), shared with the view it was appended to.
+Only the newest view of such a chain writes past its end, into rows no existing view sees, so
+every view stays immutable (copying 100k × 384 float32 rows per change would cost ~25 ms).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -48,13 +54,93 @@ class Banks:
         return self.query_bank.shape[0], self.gallery_bank.shape[0]
 
 
+class GrowthBuffers:
+    """Row buffers with spare capacity, shared by a chain of snapshots that only append.
+
+    Each snapshot holds ``buffer[:n]`` of every buffer (same row count); ``used`` is the row
+    count of the newest one. A snapshot may append in place only if it *is* the newest
+    (``n == used``): rows past ``used`` are seen by nobody. Anything else (an append to an older
+    snapshot, e.g. after a failed change) reallocates, so no snapshot ever sees a write.
+    """
+
+    __slots__ = ("buffers", "used")
+
+    #: spare rows on (re)allocation, as a share of the rows: 1/8 costs 12.5% memory and makes
+    #: appends amortised O(8 rows copied per row added)
+    SPARE_SHARE = 8
+
+    def __init__(self, buffers: list[np.ndarray], used: int) -> None:
+        self.buffers, self.used = buffers, used
+
+    @classmethod
+    def allocate(cls, like: Sequence[np.ndarray], rows: int) -> GrowthBuffers:
+        """Empty buffers for ``rows`` rows (plus spare) shaped and typed like ``like``."""
+        capacity = rows + max(16, rows // cls.SPARE_SHARE)
+        return cls([np.empty((capacity, *a.shape[1:]), a.dtype) for a in like], 0)
+
+    @property
+    def capacity(self) -> int:
+        return self.buffers[0].shape[0]
+
+    def prefix(self) -> list[np.ndarray]:
+        return [b[: self.used] for b in self.buffers]
+
+
+def append_rows(
+    arrays: Sequence[np.ndarray], growth: GrowthBuffers | None, extra: Sequence[np.ndarray]
+) -> tuple[list[np.ndarray], GrowthBuffers]:
+    """``arrays`` (the first n rows of ``growth``'s buffers, if given) with ``extra`` appended.
+
+    In place (O(rows added)) when ``arrays`` are the newest snapshot of ``growth`` and fit;
+    otherwise a copy into new buffers with spare rows."""
+    n, added = arrays[0].shape[0], extra[0].shape[0]
+    if growth is None or growth.used != n or growth.capacity < n + added:
+        growth = GrowthBuffers.allocate(arrays, n + added)
+        for buffer, array in zip(growth.buffers, arrays, strict=True):
+            buffer[:n] = array
+    for buffer, rows in zip(growth.buffers, extra, strict=True):
+        buffer[n : n + added] = rows
+    growth.used = n + added
+    return growth.prefix(), growth
+
+
+def keep_rows(
+    arrays: Sequence[np.ndarray], keep: np.ndarray
+) -> tuple[list[np.ndarray], GrowthBuffers]:
+    """The rows of ``arrays`` where ``keep`` is True, in new buffers with spare rows (so the
+    appends that follow a deletion need no copy).
+
+    A deletion removes few rows: the kept rows are copied as contiguous runs (memcpy speed,
+    2-4x faster than boolean indexing on 100k × 384); many scattered removals fall back to
+    ``np.compress``.
+    """
+    removed = np.flatnonzero(~keep)
+    kept = keep.shape[0] - removed.shape[0]
+    growth = GrowthBuffers.allocate(arrays, kept)
+    growth.used = kept
+    for buffer, array in zip(growth.buffers, arrays, strict=True):
+        if removed.shape[0] > _MAX_RUNS:
+            np.compress(keep, array, axis=0, out=buffer[:kept])
+            continue
+        at = start = 0
+        for stop in [*removed.tolist(), keep.shape[0]]:
+            buffer[at : at + stop - start] = array[start:stop]
+            at, start = at + stop - start, stop + 1
+    return growth.prefix(), growth
+
+
+#: above this many removed rows, :func:`keep_rows` stops copying run by run
+_MAX_RUNS = 256
+
+
 @dataclass(frozen=True)
 class GalleryView:
     """One searchable gallery variant.
 
     embeddings: (n, d) unit rows. stats: (n, 4) stat columns (``STAT_COLUMNS``).
     query_top / gallery_top: each bank item's top-k rows, whose union is the activation set.
-    bank_sizes: (|BQ|, |BG|).
+    bank_sizes: (|BQ|, |BG|). growth: the spare-row buffers ``embeddings`` and ``stats`` are
+    the start of, if any (see :class:`GrowthBuffers`).
     """
 
     embeddings: np.ndarray
@@ -62,6 +148,7 @@ class GalleryView:
     query_top: BankTopK
     gallery_top: BankTopK
     bank_sizes: tuple[int, int]
+    growth: GrowthBuffers | None = field(default=None, repr=False, compare=False)
 
     @property
     def size(self) -> int:
@@ -75,24 +162,31 @@ class GalleryView:
         )
 
     def append(self, batch: GalleryView, banks: Banks) -> GalleryView:
-        """This view with ``batch`` (prepared alone) appended after the last row."""
+        """This view with ``batch`` (prepared alone) appended after the last row: amortised
+        O(batch rows + bank size), the activation top-k merged, not recomputed."""
+        (embeddings, stats), growth = append_rows(
+            (self.embeddings, self.stats), self.growth, (batch.embeddings, batch.stats)
+        )
         return GalleryView(
-            np.concatenate([self.embeddings, batch.embeddings]),
-            np.concatenate([self.stats, batch.stats]),
+            embeddings,
+            stats,
             self.query_top.merge(batch.query_top, self.size),
             self.gallery_top.merge(batch.gallery_top, self.size),
             self.bank_sizes,
+            growth,
         )
 
     def remove(self, keep: np.ndarray, banks: Banks) -> GalleryView:
-        """This view without the rows where ``keep`` (n,) is False."""
-        embeddings = self.embeddings[keep]
+        """This view without the rows where ``keep`` (n,) is False (one O(n·d) copy; the bank
+        items whose top-k lost a row are recomputed)."""
+        (embeddings, stats), growth = keep_rows((self.embeddings, self.stats), keep)
         return GalleryView(
             embeddings,
-            self.stats[keep],
+            stats,
             self.query_top.remove(keep, embeddings, banks.query_bank),
             self.gallery_top.remove(keep, embeddings, banks.gallery_bank),
             self.bank_sizes,
+            growth,
         )
 
 

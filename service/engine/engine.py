@@ -31,7 +31,7 @@ from service.algorithms import (
 from service.backends import BackendFactory, SearchBackend
 from service.engine.changes import Change, Delete, Upsert
 from service.engine.persistence import GalleryStore
-from service.engine.state import GalleryState, Metadata
+from service.engine.state import Catalog, GalleryState, Metadata
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,15 @@ class Engine:
         version: int = 1,
     ) -> Engine:
         """``version``: of this gallery (a snapshot continues the numbering of its changes)."""
+        full = invgc is not None and invgc.adjacency == "full"
+        gallery_sum = prepared.original.embeddings.sum(axis=0, dtype=np.float64) if full else None
         state = GalleryState.create(
-            version, ids, metadata, prepared.original, prepared.adjusted, backend
+            version,
+            Catalog.create(ids, metadata),
+            prepared.original,
+            prepared.adjusted,
+            backend,
+            gallery_sum=gallery_sum,
         )
         return cls(state, banks, norm, invgc, backend)
 
@@ -146,23 +153,23 @@ class Engine:
     ) -> SearchResult:
         """Top ``offset+1 … offset+k`` of each normalised query (m, d) by ``method``."""
         state = self._state  # one snapshot for the whole search
-        m = queries.shape[0]
         backend, plan = self.plan(state, queries, method, invgc)
         rows, scores = backend.search(queries, plan, k + offset)
         rows, scores = rows[:, offset:], scores[:, offset:]
         sims = np.einsum("md,mkd->mk", queries, state.original.embeddings[rows]).astype(np.float64)
-        ids_of = np.asarray(state.ids, dtype=object)
-        if score_threshold is None:
-            keep = [slice(None)] * m
-        else:
-            keep = [scores[i] >= score_threshold for i in range(m)]
+        ids_of = state.id_array
+        if score_threshold is None:  # one vectorised lookup; the loops below are per query
+            return SearchResult(
+                state.version, method, invgc, ids_of[rows].tolist(), list(scores), list(sims)
+            )
+        keep = scores >= score_threshold
         return SearchResult(
             version=state.version,
             method=method,
             invgc=invgc,
-            ids=[ids_of[rows[i][keep[i]]].tolist() for i in range(m)],
-            scores=[scores[i][keep[i]] for i in range(m)],
-            similarities=[sims[i][keep[i]] for i in range(m)],
+            ids=[ids_of[r[k]].tolist() for r, k in zip(rows, keep, strict=True)],
+            scores=[s[k] for s, k in zip(scores, keep, strict=True)],
+            similarities=[c[k] for c, k in zip(sims, keep, strict=True)],
         )
 
     # --- changing -------------------------------------------------------------------------
@@ -207,15 +214,20 @@ class Engine:
             return result
 
     def _next_state(self, state: GalleryState, change: Change) -> tuple[GalleryState, ChangeResult]:
-        replaced = [i for i in change.ids if i in state.rows]
+        """The state after ``change``: O(batch) for new ids (appends, per-item stats and InvGC of
+        the batch alone), plus one O(n·d) compaction when rows go (deletes and replacements)."""
+        rows = state.rows
+        replaced = [i for i in change.ids if i in rows]
         if isinstance(change, Delete):
             state.rows_of(list(change.ids))  # every id must exist
-        keep = np.ones(state.size, dtype=bool)
-        keep[state.rows_of(replaced)] = False
-        original, adjusted = state.original, state.adjusted
-        ids = tuple(i for i, kept in zip(state.ids, keep, strict=True) if kept)
-        metadata = tuple(md for md, kept in zip(state.metadata, keep, strict=True) if kept)
-        if not keep.all():
+        catalog, original, adjusted = state.catalog, state.original, state.adjusted
+        gallery_sum = state.gallery_sum
+        if replaced:
+            keep = np.ones(state.size, dtype=bool)
+            keep[state.rows_of(replaced)] = False
+            if gallery_sum is not None:
+                gallery_sum = gallery_sum - original.embeddings[~keep].sum(axis=0, dtype=np.float64)
+            catalog = catalog.keep(keep)
             original = original.remove(keep, self.banks)
             if adjusted is not None and self._per_item_invgc:
                 adjusted = adjusted.remove(keep, self.banks)
@@ -226,13 +238,14 @@ class Engine:
             original = original.append(batch.original, self.banks)
             if batch.adjusted is not None and adjusted is not None:
                 adjusted = adjusted.append(batch.adjusted, self.banks)
-            ids += change.ids
-            metadata += change.metadata
+            if gallery_sum is not None:
+                gallery_sum = gallery_sum + change.embeddings.sum(axis=0, dtype=np.float64)
+            catalog = catalog.append(change.ids, change.metadata)
             inserted = len(change.ids) - len(replaced)
-        if self.invgc is not None and not self._per_item_invgc:
-            adjusted = self._rebuild_adjusted(original)
+        if gallery_sum is not None:
+            adjusted = self._rebuild_adjusted(original, gallery_sum)
         next_state = GalleryState.create(
-            state.version + 1, ids, metadata, original, adjusted, self._backend, state
+            state.version + 1, catalog, original, adjusted, self._backend, state, gallery_sum
         )
         deleted = len(change.ids) if isinstance(change, Delete) else 0
         updated = len(replaced) if isinstance(change, Upsert) else 0
@@ -245,7 +258,11 @@ class Engine:
         """LocalAdj items are independent; full adjacency couples them through the mean."""
         return self.invgc is not None and self.invgc.adjacency == "local"
 
-    def _rebuild_adjusted(self, original: GalleryView) -> GalleryView:
-        """Full adjacency: the gallery mean changed, so every adjusted item does (O(n·N·d))."""
+    def _rebuild_adjusted(self, original: GalleryView, gallery_sum: np.ndarray) -> GalleryView:
+        """Full adjacency: the gallery mean (kept as a running sum) changed, so every adjusted
+        item and its stats do (O(n·N·d): the cost of a change here, by design of the method)."""
         assert self.invgc is not None
-        return adjusted_view(original.embeddings, self.banks, self.norm, self.invgc)
+        mean = gallery_sum / max(1, original.size)
+        return adjusted_view(
+            original.embeddings, self.banks, self.norm, self.invgc, gallery_mean=mean
+        )

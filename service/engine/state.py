@@ -3,64 +3,175 @@
 A change never edits a snapshot: the engine builds the next one off to the side and swaps a
 single reference, so a search that holds a snapshot sees one consistent version from start to
 end (copy-on-write).
+
+Appending to a gallery of n items costs O(items added), not O(n) Python work: the id → row
+index and the ids' object array are shared along a chain of appends (:class:`Catalog`), each
+snapshot seeing only its first n rows. Deletions renumber rows and rebuild them (O(n)).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import compress
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
 from service.algorithms import GalleryView, InputError
+from service.algorithms.views import GrowthBuffers, append_rows, keep_rows
 from service.backends import BackendFactory, SearchBackend
 
 Metadata = Mapping[str, Any] | None
+
+
+class RowIndex(Mapping[str, int]):
+    """Read-only id → row of one snapshot: its first ``len(ids)`` rows of a shared table.
+
+    ``table`` may hold entries for rows this snapshot does not have (later appends, or a change
+    that failed), so a hit counts only if the row exists here and holds that very id.
+    """
+
+    __slots__ = ("_ids", "_table")
+
+    def __init__(self, ids: np.ndarray, table: dict[str, int]) -> None:
+        self._ids, self._table = ids, table
+
+    def get(self, key: object, default: Any = None) -> Any:
+        row = self._table.get(key)  # type: ignore[call-overload]
+        if row is None or row >= len(self._ids) or self._ids[row] != key:
+            return default
+        return row
+
+    def __getitem__(self, key: str) -> int:
+        row = self.get(key)
+        if row is None:
+            raise KeyError(key)
+        return row
+
+    def __contains__(self, key: object) -> bool:
+        return self.get(key) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids.tolist())
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Who the rows are: ids and metadata (tuples, what backends and clients get), the ids as a
+    numpy object array (to map result rows to ids without a Python loop) and the id → row index.
+
+    The object array and the index are shared along a chain of appends (see
+    :class:`~service.algorithms.views.GrowthBuffers`); every catalog is immutable to its readers.
+    """
+
+    ids: tuple[str, ...]
+    metadata: tuple[Metadata, ...]
+    id_array: np.ndarray
+    rows: RowIndex
+    growth: GrowthBuffers
+    table: dict[str, int]
+
+    @classmethod
+    def create(cls, ids: Sequence[str], metadata: Sequence[Metadata]) -> Catalog:
+        ids, metadata = tuple(ids), tuple(metadata)
+        array = np.empty(len(ids), dtype=object)
+        array[:] = ids
+        return cls._fresh(ids, metadata, array)
+
+    @classmethod
+    def _fresh(cls, ids: tuple[str, ...], metadata: tuple[Metadata, ...], array: np.ndarray):
+        (id_array,), growth = keep_rows((array,), np.ones(len(ids), dtype=bool))
+        table = dict(zip(ids, range(len(ids)), strict=True))
+        return cls(ids, metadata, id_array, RowIndex(id_array, table), growth, table)
+
+    def append(self, ids: tuple[str, ...], metadata: tuple[Metadata, ...]) -> Catalog:
+        """With new ids (none of them present) after the last row: amortised O(len(ids))."""
+        n = len(self.ids)
+        added = np.empty(len(ids), dtype=object)
+        added[:] = ids
+        (id_array,), growth = append_rows((self.id_array,), self.growth, (added,))
+        # a reallocated buffer starts a new chain; a copied table keeps stale entries from a
+        # failed change at worst, and RowIndex ignores those (their rows hold other ids)
+        table = self.table if growth is self.growth else self.table.copy()
+        table.update(zip(ids, range(n, n + len(ids)), strict=True))
+        return Catalog(
+            self.ids + ids,
+            self.metadata + metadata,
+            id_array,
+            RowIndex(id_array, table),
+            growth,
+            table,
+        )
+
+    def keep(self, keep: np.ndarray) -> Catalog:
+        """Without the rows where ``keep`` is False (rows renumbered: O(n))."""
+        flags = keep.tolist()
+        ids = tuple(compress(self.ids, flags))
+        metadata = tuple(compress(self.metadata, flags))
+        return Catalog._fresh(ids, metadata, self.id_array[keep])
 
 
 @dataclass(frozen=True)
 class GalleryState:
     """Version ``version`` of the gallery.
 
-    ids / metadata: per row. original: the view of the gallery as given; adjusted: its
-    InvGC-adjusted view (None when InvGC is off). backends: one per view, keyed by ``invgc``.
+    catalog: ids / metadata per row, and the id → row index. original: the view of the gallery
+    as given; adjusted: its InvGC-adjusted view (None when InvGC is off). backends: one per
+    view, keyed by ``invgc``. gallery_sum: (d,) float64 sum of the original embeddings, kept
+    only for full-adjacency InvGC (whose every adjusted item depends on the gallery mean).
     """
 
     version: int
-    ids: tuple[str, ...]
-    metadata: tuple[Metadata, ...]
+    catalog: Catalog
     original: GalleryView
     adjusted: GalleryView | None
     backends: Mapping[bool, SearchBackend]
-    rows: Mapping[str, int] = field(init=False)
-
-    def __post_init__(self) -> None:
-        rows = MappingProxyType({item_id: row for row, item_id in enumerate(self.ids)})
-        object.__setattr__(self, "rows", rows)
+    gallery_sum: np.ndarray | None = None
 
     @classmethod
     def create(
         cls,
         version: int,
-        ids: tuple[str, ...],
-        metadata: tuple[Metadata, ...],
+        catalog: Catalog,
         original: GalleryView,
         adjusted: GalleryView | None,
         backend: BackendFactory,
         previous: GalleryState | None = None,
+        gallery_sum: np.ndarray | None = None,
     ) -> GalleryState:
         """A state with a backend per view; ``previous`` lets backends apply a difference."""
         before = previous.backends if previous is not None else {}
+        ids = catalog.ids
         backends = {False: backend(original, ids, before.get(False))}
         if adjusted is not None:
             backends[True] = backend(adjusted, ids, before.get(True))
-        return cls(version, ids, metadata, original, adjusted, MappingProxyType(backends))
+        return cls(version, catalog, original, adjusted, MappingProxyType(backends), gallery_sum)
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return self.catalog.ids
+
+    @property
+    def metadata(self) -> tuple[Metadata, ...]:
+        return self.catalog.metadata
+
+    @property
+    def rows(self) -> Mapping[str, int]:
+        return self.catalog.rows
+
+    @property
+    def id_array(self) -> np.ndarray:
+        """(n,) object array of the ids: ``id_array[rows]`` maps search results to ids."""
+        return self.catalog.id_array
 
     @property
     def size(self) -> int:
-        return len(self.ids)
+        return len(self.catalog.ids)
 
     def view(self, invgc: bool) -> GalleryView:
         if not invgc:
@@ -75,10 +186,12 @@ class GalleryState:
 
     def rows_of(self, ids: list[str], field_name: str = "ids") -> np.ndarray:
         """Rows of known ids; InputError-like KeyError listing every unknown id."""
-        unknown = [i for i in ids if i not in self.rows]
-        if unknown:
-            raise UnknownIdError(field_name, unknown)
-        return np.fromiter((self.rows[i] for i in ids), np.int64, len(ids))
+        found = [self.rows.get(i) for i in ids]
+        if None in found:
+            raise UnknownIdError(
+                field_name, [i for i, r in zip(ids, found, strict=True) if r is None]
+            )
+        return np.array(found, dtype=np.int64)
 
 
 class UnknownIdError(KeyError):
