@@ -26,6 +26,11 @@ from pathlib import Path
 from benchmarks.common import Row, machine, table
 
 BENCH_DIR = Path(__file__).resolve().parent
+_OPENBLAS_THREADS = (
+    "openblas_get_num_threads",
+    "scipy_openblas_get_num_threads64_",
+    "openblas_get_num_threads64_",
+)
 
 
 def available() -> list[str]:
@@ -38,10 +43,13 @@ def blas_threads() -> str:
     parts = []
     for lib in _loaded_openblas():
         try:
-            count = ctypes.CDLL(lib).openblas_get_num_threads()
-        except (OSError, AttributeError):
+            handle = ctypes.CDLL(lib)
+        except OSError:
             continue
-        parts.append(f"{Path(lib).name}: {count} threads")
+        for symbol in _OPENBLAS_THREADS:  # scipy-openblas (numpy's wheels) prefixes its symbols
+            if hasattr(handle, symbol):
+                parts.append(f"{Path(lib).name}: {getattr(handle, symbol)()} threads")
+                break
     try:
         import faiss
 

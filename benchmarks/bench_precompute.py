@@ -1,0 +1,123 @@
+"""Startup precompute: ``prepare_items`` against the bare matrix products it cannot avoid.
+
+Full run: gallery n = 100,000, banks 2 × 50,000, d = 512 float32, default NormParams and InvGC
+(LocalAdj, pool_rate 0.01: K = 500 neighbours per bank).
+
+What the baseline counts: the four dense products ``G·BQᵀ``, ``G·BGᵀ`` (the original view's stats
+and LocalAdj's neighbours) and ``G'·BQᵀ``, ``G'·BGᵀ`` (the adjusted view's stats), each n × N × d
+multiply-adds, computed in the same 64 MiB row blocks into one reused buffer and thrown away:
+4 · n · N · d = 10.2 T multiply-adds at full size. Not counted (they are the precompute's own
+work): the per-row reductions (log-mean-exp, top-k partitions), LocalAdj's sparse neighbour
+sums (n · K · d per bank, 1% of a product) and the activation top-1.
+
+Peak extra memory is tracemalloc's peak (numpy reports its buffers to it) during
+``prepare_items``, above what was allocated before: the result (an adjusted copy of the gallery,
+stats, activation lists) plus every transient block. CPU use / wall time shows whether BLAS
+and the reduction threads kept the cores busy.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import tracemalloc
+from collections.abc import Callable
+
+import numpy as np
+
+from benchmarks.bench_search import unit_rows
+from benchmarks.common import Row
+from service.algorithms import Banks, InvGCParams, NormParams, prepare_items
+from service.algorithms.blocks import block_rows, row_blocks
+from service.algorithms.scan import scan_progress
+
+SECTION = "precompute"
+GIB = 1 << 30
+
+
+def bare_products(galleries: list[np.ndarray], banks: Banks) -> None:
+    """Every ``gallery · bankᵀ`` in scan_bank's row blocks, into one reused buffer."""
+    for bank in (banks.query_bank, banks.gallery_bank):
+        rows = block_rows(bank.shape[0], bank.dtype.itemsize)
+        out = np.empty((rows, bank.shape[0]), bank.dtype)
+        for gallery in galleries:
+            for sl in row_blocks(gallery.shape[0], rows):
+                np.matmul(gallery[sl], bank.T, out=out[: sl.stop - sl.start])
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def measure(quick: bool) -> list[Row]:
+    n, d, bank = (3_000, 64, 1_500) if quick else (100_000, 512, 50_000)
+    rng = np.random.default_rng(0)
+    banks = Banks(unit_rows(rng, bank, d), unit_rows(rng, bank, d))
+    gallery = unit_rows(rng, n, d)
+    norm, invgc = NormParams(), InvGCParams()
+    size = f"n={n:,}, banks 2×{bank:,}, d={d}"
+
+    reported = [0]
+    result = {}
+
+    def prepare() -> None:
+        with scan_progress(lambda pairs: reported.__setitem__(0, reported[0] + pairs)):
+            result["prepared"] = prepare_items(gallery, banks, norm, invgc)
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        wall, cpu = timed(prepare)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    adjusted = result["prepared"].adjusted.embeddings
+    # the same product work on the same arrays, twice around nothing else (the quieter counts)
+    base = min(timed(lambda: bare_products([gallery, adjusted], banks))[0] for _ in range(2))
+    expected = 2 * n * 2 * bank
+    cores = os.cpu_count() or 1
+    return [
+        Row(
+            SECTION,
+            "prepare_items (LocalAdj InvGC) / bare products",
+            wall / base,
+            "×",
+            1.5,
+            detail=(
+                f"prepare {wall:.1f} s, 4 blocked products {base:.1f} s "
+                f"({4 * n * bank * d / base / 1e9:.0f} G multiply-adds/s); {size}"
+            ),
+        ),
+        Row(
+            SECTION,
+            "peak extra memory of prepare_items",
+            peak / GIB,
+            "GiB",
+            1.0,
+            detail=(
+                f"tracemalloc peak {peak / 2**20:,.0f} MiB, of which the adjusted gallery "
+                f"{adjusted.nbytes / 2**20:,.0f} MiB is kept; a full n×N block would be "
+                f"{n * bank * 4 / 2**20:,.0f} MiB"
+            ),
+        ),
+        Row(
+            SECTION,
+            "CPU use during prepare_items",
+            cpu / wall,
+            "cores",
+            detail=f"of {cores} cores ({cpu:.1f} CPU s in {wall:.1f} s wall)",
+        ),
+        Row(
+            SECTION,
+            "progress reported / pairs scanned",
+            reported[0] / expected,
+            "×",
+            1.0,
+            higher_is_better=True,
+            detail=f"{reported[0]:,} of {expected:,} item-bank pairs via scan_progress",
+        ),
+    ]
