@@ -74,11 +74,18 @@ def _loaded_openblas() -> list[str]:
     return sorted(p for p in paths if p.startswith("/"))
 
 
-def run_module(name: str, quick: bool) -> list[Row]:
-    """``bench_<name>.measure(quick)``, or one error row if it cannot run."""
+def run_module(name: str, quick: bool, chosen: bool = False) -> list[Row]:
+    """``bench_<name>.measure(quick)``, or one error row if it cannot run.
+
+    A module with ``IN_DEFAULT_RUN = False`` (too long for every full run) runs only when
+    ``chosen`` by ``--only`` or in a quick run.
+    """
     started = time.perf_counter()
     try:
         module = importlib.import_module(f"benchmarks.bench_{name}")
+        if not (quick or chosen or getattr(module, "IN_DEFAULT_RUN", True)):
+            print(f"# {name}: skipped (run it with --only {name})", file=sys.stderr)
+            return []
         rows = list(module.measure(quick))
     except Exception as exc:  # one broken benchmark must not hide the others
         traceback.print_exc(file=sys.stderr)
@@ -101,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown benchmark(s) {', '.join(unknown)}; have {', '.join(names)}")
         names = [n for n in names if n in args.only]
 
-    rows = [row for name in names for row in run_module(name, args.quick)]
+    chosen = set(args.only or ())
+    rows = [row for name in names for row in run_module(name, args.quick, name in chosen)]
     command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
     header = [f"Machine: {machine()}", f"Threads: {blas_threads()}", f"Command: {command.strip()}"]
     text = "\n".join(header) + "\n\n" + table(rows)

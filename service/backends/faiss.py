@@ -9,7 +9,8 @@ inner product is then ``q·g`` itself, so no second index (and no second copy of
 needed; with the flat index it is a numpy product and argmax over the view (the same exact answer,
 about twice as fast as FAISS's k = 1 search for one query).
 
-Two index kinds (setting ``HUBLESS_FAISS_INDEX``):
+Three index kinds (setting ``HUBLESS_FAISS_INDEX``; ``ivf`` so far only through
+``backend_factory("faiss", index="ivf", ivf={...})``):
 
 - ``flat`` (``IndexFlatIP``): exact; rebuilt from the view on every change (one O(n·d) copy).
 - ``hnsw`` (``IndexHNSWFlat``, inner product): approximate, for large galleries. The stat
@@ -25,6 +26,10 @@ Two index kinds (setting ``HUBLESS_FAISS_INDEX``):
   deleted or replaced rows become tombstones filtered out at search time. The index is rebuilt
   when tombstones exceed ``REBUILD_DEAD_SHARE`` of it or when rows changed in place (full
   adjacency InvGC rewrites every adjusted row).
+- ``ivf`` (``IndexIVFFlat``, inner product, ``nlist`` k-means lists, ``nprobe`` searched): the
+  same stat layout and incremental changes as ``hnsw`` (new rows go to the lists of the trained
+  quantizer; a rebuild retrains). Builds in minutes where HNSW takes hours (1M items on two
+  cores), at a higher search cost for the same recall (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from service.backends.base import SearchBackend
 #: Rebuild an HNSW index from scratch once this share of its slots are tombstones.
 REBUILD_DEAD_SHARE = 0.25
 _STATS = 4
+INDEXES = ("flat", "hnsw", "ivf")
 #: Query batches from this size on use BLAS in flat search. faiss-cpu ships with 128,000 (all
 #: practical batches take its per-query SIMD scan): at n = 100k, d = 512 a batch of 64 then takes
 #: 425 ms instead of 50 ms (benchmarks/bench_search.py). 20 is FAISS's long-standing default.
@@ -62,6 +68,20 @@ class HnswSettings:
     ef_construction: int = 200
     ef_search: int = 128
     stat_spread: float = 1.5
+
+
+@dataclass(frozen=True)
+class IvfSettings:
+    """IVF parameters: ``nlist`` lists (default ``√n``), ``nprobe`` searched, k-means sample
+    ``train_per_list · nlist`` rows, and the stat-column spread (as for HNSW)."""
+
+    nlist: int | None = None
+    nprobe: int = 32
+    train_per_list: int = 64
+    stat_spread: float = 1.5
+
+    def lists(self, n: int) -> int:
+        return max(1, min(n, self.nlist or round(np.sqrt(n))))
 
 
 @dataclass(frozen=True)
@@ -117,12 +137,14 @@ class FaissBackend(SearchBackend):
         *,
         index: str = "flat",
         hnsw: HnswSettings | None = None,
+        ivf: IvfSettings | dict | None = None,
     ) -> None:
         super().__init__(view, ids, previous)
-        if index not in ("flat", "hnsw"):
-            raise ValueError(f"unknown FAISS index {index!r}; expected 'flat' or 'hnsw'")
+        if index not in INDEXES:
+            raise ValueError(f"unknown FAISS index {index!r}; expected one of {INDEXES}")
         self.kind = index
         self.hnsw = hnsw or HnswSettings()
+        self.ivf = IvfSettings(**ivf) if isinstance(ivf, dict) else ivf or IvfSettings()
         self.dim = view.embeddings.shape[1] + _STATS
         #: index slot of each view row, and view row of each slot (-1: tombstone); None: identity
         self._slot_of_row: np.ndarray | None = None
@@ -130,23 +152,40 @@ class FaissBackend(SearchBackend):
         self._selector: faiss.IDSelector | None = None
         self._bitmap: np.ndarray | None = None  # kept alive for the selector
         self.rebuilt = True  # False when the index was derived from ``previous`` (for tests/logs)
-        derivable = isinstance(previous, FaissBackend) and previous.kind == index == "hnsw"
+        derivable = (
+            isinstance(previous, FaissBackend) and previous.kind == index and index != "flat"
+        )
         if derivable and self._derive(previous):  # type: ignore[arg-type]
             return
-        self._layout = (
-            _Layout.spread(view, self.hnsw.stat_spread) if index == "hnsw" else _Layout.identity()
-        )
+        spread = {"hnsw": self.hnsw.stat_spread, "ivf": self.ivf.stat_spread}.get(index)
+        self._layout = _Layout.identity() if spread is None else _Layout.spread(view, spread)
         self._index = self._new_index()
         self._add_rows(self._index, np.arange(view.size))
 
     # --- building -------------------------------------------------------------------------
 
     def _new_index(self) -> faiss.Index:
-        if self.kind == "flat":
+        if self.kind == "flat" or (self.kind == "ivf" and self.view.size == 0):
             return faiss.IndexFlatIP(self.dim)
+        if self.kind == "ivf":
+            return self._trained_ivf()
         index = faiss.IndexHNSWFlat(self.dim, self.hnsw.m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = self.hnsw.ef_construction
         index.hnsw.efSearch = self.hnsw.ef_search
+        return index
+
+    def _trained_ivf(self) -> faiss.Index:
+        """An IVF index whose k-means lists are trained on a sample of the view's rows."""
+        n, nlist = self.view.size, self.ivf.lists(self.view.size)
+        quantizer = faiss.IndexFlatIP(self.dim)
+        index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.own_fields = True
+        quantizer.this.disown()  # the index frees its quantizer
+        sample = min(n, self.ivf.train_per_list * nlist)
+        rows = np.sort(np.random.default_rng(0).choice(n, sample, replace=False))
+        index.cp.max_points_per_centroid = self.ivf.train_per_list
+        index.train(self._layout.gallery(self.view, rows))
+        index.nprobe = self.ivf.nprobe
         return index
 
     def _add_rows(self, index: faiss.Index, rows: np.ndarray) -> None:
@@ -207,14 +246,19 @@ class FaissBackend(SearchBackend):
 
     def _search(self, coords: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(m, k) inner products and view rows (-1 where the index found fewer than k)."""
+        params: faiss.SearchParameters | None = None
         if self.kind == "hnsw":
             params = faiss.SearchParametersHNSW()
             params.efSearch = max(self.hnsw.ef_search, k)
-            if self._selector is not None:
-                params.sel = self._selector
-            dist, slots = self._index.search(coords, k, params=params)
-        else:
+        elif self.kind == "ivf" and isinstance(self._index, faiss.IndexIVF):
+            params = faiss.SearchParametersIVF()
+            params.nprobe = self.ivf.nprobe
+        if params is not None and self._selector is not None:
+            params.sel = self._selector
+        if params is None:
             dist, slots = self._index.search(coords, k)
+        else:
+            dist, slots = self._index.search(coords, k, params=params)
         if self._row_of_slot is not None:
             slots = np.where(slots >= 0, self._row_of_slot[slots], -1)
         return dist, slots
