@@ -9,12 +9,16 @@ from fastapi import APIRouter, Depends, Query
 from service.algorithms import METHODS, InputError
 from service.api.convert import to_embeddings
 from service.api.errors import error_responses
+from service.api.jsonio import OrjsonRoute
 from service.api.models import DiagnosticsRequest, DiagnosticsResponse
 from service.api.runtime import EngineDep, Runtime, RuntimeDep, require_read
 from service.engine import Diagnostics, diagnose, probe_sample
 
 router = APIRouter(
-    prefix="/diagnostics", tags=["diagnostics"], dependencies=[Depends(require_read)]
+    prefix="/diagnostics",
+    tags=["diagnostics"],
+    dependencies=[Depends(require_read)],
+    route_class=OrjsonRoute,
 )
 ERRORS = error_responses(400, 401, 404, 413, 422, 503)
 

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query
 from service.algorithms import STAT_COLUMNS, GalleryView, InputError
 from service.api.convert import to_embeddings
 from service.api.errors import error_responses
+from service.api.jsonio import OrjsonRoute
 from service.api.models import (
     ChangeResponse,
     DeleteRequest,
@@ -20,7 +21,7 @@ from service.api.models import (
 from service.api.runtime import EngineDep, Runtime, RuntimeDep, require_read, require_write
 from service.engine import ChangeResult
 
-router = APIRouter(prefix="/gallery", tags=["gallery"])
+router = APIRouter(prefix="/gallery", tags=["gallery"], route_class=OrjsonRoute)
 ERRORS = error_responses(400, 401, 404, 413, 422, 503)
 WRITE_ERRORS = error_responses(400, 401, 403, 404, 413, 422, 503)
 
