@@ -4,9 +4,11 @@ Writes a memory-mapped ``.npy`` gallery (default 2,000,000 × 384 float16, 1.5 G
 chunk — never the whole array in memory — with its ids file and two banks, then runs
 ``hubless export --out DIR`` (Parquet) in a subprocess under ``/usr/bin/time -v`` and reports
 the export's peak resident set and wall time. ``--milvus-rows N`` adds an export of an N-row
-gallery into milvus-lite (the embedded Milvus runs as a child server process: the polled peak
-of the whole process tree is reported too). Everything is written under ``--workdir`` and
-deleted afterwards unless ``--keep``.
+gallery into milvus-lite. milvus-lite 3.x runs the embedded database inside the export process
+and keeps the collection in memory, so that run's peak includes the database and grows with N
+(an export to a Milvus server holds only its chunks); older milvus-lite versions run a child
+server process, which the polled peak of the whole process tree includes. Everything is
+written under ``--workdir`` and deleted afterwards unless ``--keep``.
 
     .venv/bin/python -m benchmarks.export_large                      # the documented figures
     .venv/bin/python -m benchmarks.export_large --rows 200000 --milvus-rows 50000
@@ -77,7 +79,7 @@ def write_banks(directory: Path, n: int, d: int, seed: int = 0) -> tuple[Path, P
 class TreeRss:
     """Polls the summed resident set of a process and its descendants (Linux ``/proc``)."""
 
-    def __init__(self, pid: int, interval: float = 0.5) -> None:
+    def __init__(self, pid: int, interval: float = 1.0) -> None:
         self.pid, self.interval, self.peak_kb = pid, interval, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
