@@ -58,12 +58,16 @@ class Settings(BaseSettings):
     backend: Literal["exact", "faiss", "milvus"] = Field(
         "exact", description="Search backend: 'exact' (numpy), 'faiss' or 'milvus'"
     )
-    faiss_index: Literal["flat", "hnsw"] = Field(
-        "flat", description="FAISS index: 'flat' (exact) or 'hnsw' (approximate)"
+    faiss_index: Literal["flat", "hnsw", "ivf"] = Field(
+        "flat", description="FAISS index: 'flat' (exact), 'hnsw' or 'ivf' (approximate)"
     )
     faiss_hnsw_m: int = Field(32, ge=4, description="FAISS HNSW: graph degree")
     faiss_ef_construction: int = Field(200, ge=8, description="FAISS HNSW: build beam width")
     faiss_ef_search: int = Field(128, ge=1, description="FAISS HNSW: search beam width")
+    faiss_ivf_nlist: int | None = Field(
+        None, ge=1, description="FAISS IVF: k-means lists; unset: √(gallery size)"
+    )
+    faiss_ivf_nprobe: int = Field(32, ge=1, description="FAISS IVF: lists searched per query")
     milvus_uri: str | None = Field(
         None,
         description="Milvus: http://host:19530 or a milvus-lite file; unset: <data_dir>/milvus.db",
@@ -135,7 +139,8 @@ class Settings(BaseSettings):
                 "ef_construction": self.faiss_ef_construction,
                 "ef_search": self.faiss_ef_search,
             }
-            return {"index": self.faiss_index, "hnsw": hnsw}
+            ivf = {"nlist": self.faiss_ivf_nlist, "nprobe": self.faiss_ivf_nprobe}
+            return {"index": self.faiss_index, "hnsw": hnsw, "ivf": ivf}
         if self.backend == "milvus":
             token = self.milvus_token.get_secret_value() if self.milvus_token else None
             return {

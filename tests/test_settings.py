@@ -51,3 +51,8 @@ def test_serve_refuses_an_env_file_with_a_typo(
     args = build_parser().parse_args(["serve", "--env-file", str(env)])
     assert args.func(args) == 2
     assert "HUBLESS_DEFAULT_METHD" in capsys.readouterr().err
+
+
+def test_faiss_ivf_options_reach_the_backend() -> None:
+    options = Settings(backend="faiss", faiss_index="ivf", faiss_ivf_nprobe=8).backend_options()
+    assert options["index"] == "ivf" and options["ivf"] == {"nlist": None, "nprobe": 8}
