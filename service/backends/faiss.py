@@ -4,10 +4,11 @@ Every method scores ``w·s(q, g) + c(q)·stat(g)`` (plus a per-query offset), so
 augmented gallery rows ``[g, stat(g)]`` (d + 4 float32 columns) searched with
 ``[w·q, c(q)]`` (:meth:`QueryPlan.query_coordinates`) ranks by exactly the method's score; the
 backend adds ``plan.offsets`` to the inner products, as the exact backend does. ``top1`` (the
-dynamic methods' raw pass) searches the same HNSW index with the stat coefficients zeroed: the
+dynamic methods' raw pass) searches the same index with the stat coefficients zeroed: the
 inner product is then ``q·g`` itself, so no second index (and no second copy of the gallery) is
-needed; with the flat index it is a numpy product and argmax over the view (the same exact answer,
-about twice as fast as FAISS's k = 1 search for one query).
+needed. (A numpy product for the flat index's top-1 is faster alone, but numpy's BLAS threads
+and FAISS's OpenMP threads taking turns slow each other down: measured 50 ms for top-1 + search
+of one query at n = 100k against 35 ms with both in FAISS; docs/performance.md.)
 
 Three index kinds (setting ``HUBLESS_FAISS_INDEX``; ``ivf`` so far only through
 ``backend_factory("faiss", index="ivf", ivf={...})``):
@@ -280,8 +281,6 @@ class FaissBackend(SearchBackend):
         m = queries.shape[0]
         if self.view.size == 0:
             return np.zeros(m, np.int64)
-        if self.kind == "flat":  # the same exact answer; a product and argmax beat a k=1 heap
-            return top1_raw(queries, self.view.embeddings)
         raw = QueryPlan(1.0, np.zeros((m, _STATS)), np.zeros(m))
         rows = self._search(self._layout.queries(queries, raw)[0], 1)[1][:, 0]
         short = rows < 0
