@@ -200,12 +200,11 @@ class _BankTop:
         else:
             cols = np.flatnonzero(best > self.sim[:, 0])
         if cols.size:
-            # first row reaching the column maximum, chunked so the gather stays small
+            # first row reaching the column maximum, in column chunks on the block threads so
+            # each gather stays small (and both cores share the early blocks' full gathers)
+            chunks = row_blocks(cols.size, block_rows(sims.shape[0], 1, CHUNK_BYTES))
             rows = np.concatenate(
-                [
-                    (sims[:, cols[c]] == best[cols[c]]).argmax(axis=0)
-                    for c in row_blocks(cols.size, block_rows(sims.shape[0], 1, CHUNK_BYTES))
-                ]
+                parallel_map(lambda c: (sims[:, cols[c]] == best[cols[c]]).argmax(axis=0), chunks)
             )
             self.idx[cols, 0] = rows + first_row
             self.sim[cols, 0] = best[cols]
