@@ -151,7 +151,7 @@ def measure(quick: bool) -> list[Row]:
         "HNSW (m=32, efC=200, ef=128)": lambda v, ids: FaissBackend(
             v, ids, index="hnsw", hnsw=hnsw
         ),
-        "IVF (√n lists, nprobe=32)": lambda v, ids: FaissBackend(
+        "IVF (4√n lists, nprobe=128)": lambda v, ids: FaissBackend(
             v, ids, index="ivf", ivf=IvfSettings()
         ),
     }

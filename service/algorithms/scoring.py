@@ -105,8 +105,11 @@ def _block_topk(
         part = sims[rows]
         if weight != 1.0:
             part *= weight
-        if bias is not None:
-            part += bias[pattern_of[rows]]
+        if bias is not None and len(bias) == 1:
+            part += bias[0]  # broadcast: no (rows, B) gather
+        elif bias is not None:
+            for row, pattern in zip(part, pattern_of[rows], strict=True):  # few rows per chunk
+                row += bias[pattern]
         return topk_desc(part, k)
 
     results = parallel_map(run, row_blocks(sims.shape[0], chunk))
