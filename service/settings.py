@@ -65,9 +65,9 @@ class Settings(BaseSettings):
     faiss_ef_construction: int = Field(200, ge=8, description="FAISS HNSW: build beam width")
     faiss_ef_search: int = Field(128, ge=1, description="FAISS HNSW: search beam width")
     faiss_ivf_nlist: int | None = Field(
-        None, ge=1, description="FAISS IVF: k-means lists; unset: √(gallery size)"
+        None, ge=1, description="FAISS IVF: k-means lists; unset: 4·√(gallery size)"
     )
-    faiss_ivf_nprobe: int = Field(32, ge=1, description="FAISS IVF: lists searched per query")
+    faiss_ivf_nprobe: int = Field(128, ge=1, description="FAISS IVF: lists searched per query")
     milvus_uri: str | None = Field(
         None,
         description="Milvus: http://host:19530 or a milvus-lite file; unset: <data_dir>/milvus.db",
