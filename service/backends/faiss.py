@@ -10,8 +10,7 @@ needed. (A numpy product for the flat index's top-1 is faster alone, but numpy's
 and FAISS's OpenMP threads taking turns slow each other down: measured 50 ms for top-1 + search
 of one query at n = 100k against 35 ms with both in FAISS; docs/performance.md.)
 
-Three index kinds (setting ``HUBLESS_FAISS_INDEX``; ``ivf`` so far only through
-``backend_factory("faiss", index="ivf", ivf={...})``):
+Three index kinds (setting ``HUBLESS_FAISS_INDEX``):
 
 - ``flat`` (``IndexFlatIP``): exact; rebuilt from the view on every change (one O(n·d) copy).
 - ``hnsw`` (``IndexHNSWFlat``, inner product): approximate, for large galleries. The stat
