@@ -19,11 +19,13 @@ LocalAdj items are independent of each other: a batch alone equals the batch wit
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
+from service.algorithms.blocks import block_rows, row_blocks
 from service.algorithms.scan import scan_bank
 from service.algorithms.validation import InputError, check_non_negative, is_real
 
@@ -67,20 +69,31 @@ def push_local(items: np.ndarray, neighbour_sum: np.ndarray, rate: float, k: int
     return _normalize(items - (rate / k) * neighbour_sum)
 
 
-def push_full(
-    items: np.ndarray, bank: np.ndarray, rate: float, gallery_mean: np.ndarray
-) -> np.ndarray:
-    """``m_X`` for full adjacency via the bank's Gram matrix (no n×N matrix)."""
-    n_bank = bank.shape[0]
-    bank_sum = bank.sum(axis=0)
-    mu = float(gallery_mean @ bank_sum) / n_bank  # mean(S) = mean(G)·mean(X)
-    centred = items @ (bank.T @ bank) - mu * bank_sum
-    return _normalize(items - (rate / n_bank) * centred)
+@dataclass(frozen=True)
+class FullPush:
+    """``m_X`` for full adjacency, from the bank's Gram matrix ``XᵀX`` (d×d, computed once)
+    and the centring term ``μ·Σb``: no n×N matrix, O(d²) per item."""
+
+    gram: np.ndarray
+    centring: np.ndarray
+    scale: float
+
+    @classmethod
+    def build(cls, bank: np.ndarray, rate: float, gallery_mean: np.ndarray) -> FullPush:
+        bank_sum = bank.sum(axis=0)
+        mu = float(gallery_mean @ bank_sum) / bank.shape[0]  # mean(S) = mean(G)·mean(X)
+        return cls(bank.T @ bank, mu * bank_sum, rate / bank.shape[0])
+
+    def __call__(self, items: np.ndarray) -> np.ndarray:
+        return _normalize(items - self.scale * (items @ self.gram - self.centring))
 
 
 def combine(m_gallery_bank: np.ndarray, m_query_bank: np.ndarray) -> np.ndarray:
     """``g' = normalize(0.5·m_BG + 0.5·m_BQ)``."""
     return _normalize(0.5 * m_gallery_bank + 0.5 * m_query_bank)
+
+
+Push = Callable[[slice], np.ndarray]
 
 
 def invgc_adjust(
@@ -98,22 +111,28 @@ def invgc_adjust(
     (defaults to the mean of ``items``, i.e. items are the whole gallery). Ignored by LocalAdj.
     neighbour_sums: LocalAdj's (query bank, gallery bank) neighbour sums if a scan already
     computed them (see :func:`service.algorithms.scan.scan_bank`); computed here otherwise.
+
+    Written block by block into one output array: the only n×d allocation is the result.
     """
-    banks = {
-        "query": (query_bank, params.r_query_bank),
-        "gallery": (gallery_bank, params.r_gallery_bank),
-    }
-    pushed = {}
-    for name, (bank, rate) in banks.items():
+    pushes: list[Push] = []
+    banks = ((query_bank, params.r_query_bank), (gallery_bank, params.r_gallery_bank))
+    for which, (bank, rate) in enumerate(banks):
         if params.adjacency == "full":
             # float64: the engine keeps the mean of a changing gallery as a float64 running sum
             mean = items.mean(axis=0, dtype=np.float64) if gallery_mean is None else gallery_mean
-            pushed[name] = push_full(items, bank, rate, mean.astype(items.dtype))
+            full = FullPush.build(bank, rate, mean.astype(items.dtype))
+            pushes.append(lambda rows, full=full: full(items[rows]))
             continue
         k = params.neighbours(bank.shape[0])
         if neighbour_sums is None:
             near = scan_bank(items, bank, neighbour_k=k).neighbour_sum
         else:
-            near = neighbour_sums[0 if name == "query" else 1]
-        pushed[name] = push_local(items, near, rate, k)
-    return combine(pushed["gallery"], pushed["query"])
+            near = neighbour_sums[which]
+        pushes.append(
+            lambda rows, near=near, rate=rate, k=k: push_local(items[rows], near[rows], rate, k)
+        )
+    push_query, push_gallery = pushes
+    out = np.empty_like(items)
+    for rows in row_blocks(items.shape[0], block_rows(items.shape[1], items.itemsize)):
+        out[rows] = combine(push_gallery(rows), push_query(rows))
+    return out

@@ -246,6 +246,7 @@ def prepare_items(
         gallery_mean=gallery_mean,
         neighbour_sums=sums,
     )
+    del sums, near_q, near_g  # two n×d arrays: free them before the adjusted view's scans
     return PreparedItems(original, _view(adjusted, banks, norm)[0])
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from service.algorithms import Banks, InputError, check_embeddings, prepare_items
+from service.algorithms.scan import scan_progress
 from service.backends import backend_factory
 from service.engine import cache
 from service.engine.engine import Engine
@@ -28,6 +29,26 @@ def _checked(array: np.ndarray, path: Path, dim: int | None = None) -> np.ndarra
         return check_embeddings(array, field=str(path), dim=dim)
     except InputError as exc:
         raise DataError(str(exc)) from None
+
+
+class ProgressLog:
+    """Logs the precompute's progress every ``step`` percent of the item-bank pairs to scan
+    (a large gallery takes minutes; operators watch the log, and /readyz says 503 meanwhile)."""
+
+    def __init__(self, total_pairs: int, step: int = 10) -> None:
+        self.total, self.step, self.done = max(1, total_pairs), step, 0
+        self.started = time.perf_counter()
+
+    def __call__(self, pairs: int) -> None:
+        before = 100 * self.done // self.total // self.step
+        self.done += pairs
+        percent = 100 * self.done // self.total
+        if percent // self.step > before:
+            elapsed = time.perf_counter() - self.started
+            log.info(
+                "precompute progress",
+                extra={"percent": min(percent, 100), "seconds": round(elapsed, 1)},
+            )
 
 
 def load_engine(settings: Settings) -> Engine:
@@ -60,7 +81,9 @@ def load_engine(settings: Settings) -> Engine:
     prepared = cache.load(cache_dir, key, norm.dis_topk, banks.sizes) if settings.cache else None
     from_cache = prepared is not None
     if prepared is None:
-        prepared = prepare_items(gallery, banks, norm, invgc)
+        pairs = gallery.shape[0] * sum(banks.sizes) * (2 if invgc else 1)
+        with scan_progress(ProgressLog(pairs)):
+            prepared = prepare_items(gallery, banks, norm, invgc)
         if settings.cache:
             cache.save(cache_dir, key, prepared)
     prepared_at = time.perf_counter()
