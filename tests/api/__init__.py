@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-from engine import DemoFiles  # tests/engine: the shared demo slices (and the sys.path setup)
+from engine import DEMO_DIR, DemoFiles  # tests/engine: the shared demo slices (and sys.path)
 from fastapi.testclient import TestClient
 
 from service.app import create_app
@@ -111,3 +111,17 @@ def assert_same_hits(actual: list[list[dict]], expected: list[list[dict]], atol:
         assert [(h["id"], h["rank"]) for h in got] == [(h["id"], h["rank"]) for h in want]
         for key in ("score", "similarity"):
             np.testing.assert_allclose([h[key] for h in got], [h[key] for h in want], atol=atol)
+
+
+def demo_rows(start: int, stop: int) -> tuple[list[str], np.ndarray]:
+    """Real items beyond the served slice: ids and float32 embeddings of demo rows."""
+    ids = (DEMO_DIR / "gallery_ids.txt").read_text(encoding="utf-8").splitlines()
+    return ids[start:stop], np.load(DEMO_DIR / "gallery.npy")[start:stop].astype(np.float32)
+
+
+def put(client: TestClient, ids: list[str], embeddings: np.ndarray) -> dict[str, Any]:
+    """Upsert items over HTTP; asserts success."""
+    items = [{"id": i, "embedding": e.tolist()} for i, e in zip(ids, embeddings, strict=True)]
+    response = client.put("/gallery", json={"items": items})
+    assert response.status_code == 200, response.text
+    return response.json()

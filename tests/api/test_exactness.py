@@ -10,26 +10,13 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
-from engine import DEMO_DIR, demo_queries, write_gallery
+from engine import demo_queries, write_gallery
 from fastapi.testclient import TestClient
 
-from . import DemoFiles, Serve, running, search
+from . import DemoFiles, Serve, demo_rows, put, running, search
 
 METHODS = ("raw", "is", "dis", "dualis", "dualdis", "nnn", "csls")
 TOL = 1e-6
-
-
-def _demo_rows(start: int, stop: int) -> tuple[list[str], np.ndarray]:
-    """Real items beyond the served slice: ids and float32 embeddings of demo rows."""
-    ids = (DEMO_DIR / "gallery_ids.txt").read_text(encoding="utf-8").splitlines()
-    return ids[start:stop], np.load(DEMO_DIR / "gallery.npy")[start:stop].astype(np.float32)
-
-
-def _put(client: TestClient, ids: list[str], embeddings: np.ndarray) -> dict:
-    items = [{"id": i, "embedding": e.tolist()} for i, e in zip(ids, embeddings, strict=True)]
-    response = client.put("/gallery", json={"items": items})
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def _delete(client: TestClient, ids: list[str]) -> dict:
@@ -40,17 +27,17 @@ def _delete(client: TestClient, ids: list[str]) -> dict:
 
 def _change(client: TestClient, demo: DemoFiles) -> None:
     """Inserts, updates of existing ids (old and freshly inserted) and deletes, interleaved."""
-    new_ids, new = _demo_rows(300, 340)
-    assert _put(client, new_ids[:25], new[:25])["inserted"] == 25
+    new_ids, new = demo_rows(300, 340)
+    assert put(client, new_ids[:25], new[:25])["inserted"] == 25
     # update existing ids with other real embeddings (one of them inserted just above)
     updated = [demo.ids[3], demo.ids[50], demo.ids[51], demo.ids[299], new_ids[0]]
-    assert _put(client, updated, new[25:30])["updated"] == 5
+    assert put(client, updated, new[25:30])["updated"] == 5
     assert _delete(client, [demo.ids[0], demo.ids[10], demo.ids[50], new_ids[5]])["deleted"] == 4
-    result = _put(client, [*new_ids[30:40], demo.ids[10]], np.vstack([new[30:40], new[0:1]]))
+    result = put(client, [*new_ids[30:40], demo.ids[10]], np.vstack([new[30:40], new[0:1]]))
     assert (result["inserted"], result["updated"]) == (11, 0)  # demo.ids[10] was deleted
     response = client.delete("/gallery/" + quote(demo.ids[100], safe=""))
     assert response.status_code == 200
-    assert _put(client, [demo.ids[200]], new[1:2] + new[2:3])["updated"] == 1
+    assert put(client, [demo.ids[200]], new[1:2] + new[2:3])["updated"] == 1
 
 
 def _served_gallery(client: TestClient) -> tuple[list[str], np.ndarray]:

@@ -19,8 +19,8 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
-from api import assert_error, running, search
-from engine import DEMO_DIR, DemoFiles, demo_queries, write_demo_slices, write_gallery
+from api import assert_error, demo_rows, put, running, search
+from engine import DemoFiles, demo_queries, write_demo_slices, write_gallery
 from fastapi.testclient import TestClient
 from pymilvus.exceptions import MilvusException
 
@@ -121,18 +121,6 @@ def _assert_collections_hold(client: TestClient, fresh: TestClient, uri: str) ->
         np.testing.assert_allclose(np.stack([stored[i] for i in ids]), expected, atol=1e-6)
 
 
-def _demo_rows(start: int, stop: int) -> tuple[list[str], np.ndarray]:
-    ids = (DEMO_DIR / "gallery_ids.txt").read_text(encoding="utf-8").splitlines()
-    return ids[start:stop], np.load(DEMO_DIR / "gallery.npy")[start:stop].astype(np.float32)
-
-
-def _put(client: TestClient, ids: list[str], embeddings: np.ndarray) -> dict:
-    items = [{"id": i, "embedding": e.tolist()} for i, e in zip(ids, embeddings, strict=True)]
-    response = client.put("/gallery", json={"items": items})
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
 @dataclass(frozen=True)
 class Changed:
     """A Milvus writer changed over HTTP, and an exact service started on its resulting gallery."""
@@ -148,10 +136,10 @@ def changed(
 ) -> Iterator[Changed]:
     data_dir = tmp_path_factory.mktemp("writer")
     with _on_milvus(demo, data_dir, uri, "changes") as writer:
-        new_ids, new = _demo_rows(300, 330)
-        assert _put(writer, new_ids[:20], new[:20])["inserted"] == 20
+        new_ids, new = demo_rows(300, 330)
+        assert put(writer, new_ids[:20], new[:20])["inserted"] == 20
         replaced = [demo.ids[3], demo.ids[120], new_ids[0]]  # old ids and a just-inserted one
-        assert _put(writer, replaced, new[20:23])["updated"] == 3
+        assert put(writer, replaced, new[20:23])["updated"] == 3
         response = writer.post("/gallery/delete", json={"ids": [demo.ids[0], new_ids[5]]})
         assert response.json()["deleted"] == 2
         response = writer.delete("/gallery/" + quote(demo.ids[250], safe=""))
@@ -180,7 +168,7 @@ def test_every_method_equals_the_exact_backend(
 
 def test_http_changes_reach_milvus(changed: Changed, uri: str, queries: np.ndarray) -> None:
     _assert_collections_hold(changed.writer, changed.fresh, uri)
-    extra = np.vstack([queries, _demo_rows(300, 330)[1][20:23]])  # exact copies of updated items
+    extra = np.vstack([queries, demo_rows(300, 330)[1][20:23]])  # exact copies of updated items
     _assert_same_answers(changed.writer, changed.fresh, extra)
 
 
@@ -210,7 +198,7 @@ def _raise(*args: object, **kwargs: object) -> None:
 def test_a_failing_milvus_answers_503_and_changes_nothing(
     demo: DemoFiles, uri: str, queries: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    new_ids, new = _demo_rows(300, 302)
+    new_ids, new = demo_rows(300, 302)
     with _on_milvus(demo, tmp_path / "var", uri, "failing") as client:
         before = client.get("/gallery", params={"limit": 1000}).json()
         attempts = {
@@ -228,7 +216,7 @@ def test_a_failing_milvus_answers_503_and_changes_nothing(
             assert response.headers["Retry-After"]
             assert client.get("/gallery", params={"limit": 1000}).json() == before
         # the next change repairs whatever part of the failed ones reached Milvus
-        _put(client, new_ids[1:], new[1:])
+        put(client, new_ids[1:], new[1:])
         ids, embeddings, version = _served(client)
         assert version == before["version"] + 1
         files = write_gallery(tmp_path / "resulting", ids, embeddings, demo)
@@ -240,9 +228,9 @@ def test_a_failing_milvus_answers_503_and_changes_nothing(
 def test_a_restart_on_an_up_to_date_collection_writes_nothing(
     demo: DemoFiles, uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    new_ids, new = _demo_rows(300, 304)
+    new_ids, new = demo_rows(300, 304)
     with _on_milvus(demo, tmp_path, uri, "restart") as first:
-        _put(first, new_ids, new)
+        put(first, new_ids, new)
         assert first.post("/admin/snapshot").status_code == 200  # no change log to replay
         served = _served(first)[0]
     del first
