@@ -1,6 +1,6 @@
 """Load test and bad-input survey of a real ``hubless serve`` process, on loopback only.
 
-    python benchmarks/load_test.py            # ~30 s of load, then rewrites docs/reliability.md and README.md
+    python benchmarks/load_test.py            # 30 s of load; rewrites docs/reliability.md, README
     python benchmarks/load_test.py --duration 10 --no-docs
 
 Concurrent searches and gallery upserts run against one uvicorn process on 127.0.0.1; the run
