@@ -45,9 +45,12 @@ class ProgressLog:
         percent = 100 * self.done // self.total
         if percent // self.step > before:
             elapsed = time.perf_counter() - self.started
+            percent = min(percent, 100)
             log.info(
-                "precompute progress",
-                extra={"percent": min(percent, 100), "seconds": round(elapsed, 1)},
+                "precompute %d%% done (%.1f s)",
+                percent,
+                elapsed,
+                extra={"percent": percent, "seconds": round(elapsed, 1)},
             )
 
 
