@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query
@@ -24,6 +25,17 @@ from service.engine import ChangeResult
 router = APIRouter(prefix="/gallery", tags=["gallery"], route_class=OrjsonRoute)
 ERRORS = error_responses(400, 401, 404, 413, 422, 503)
 WRITE_ERRORS = error_responses(400, 401, 403, 404, 413, 422, 503)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _write_route(method: Callable[..., Callable[[F], F]], path: str) -> Callable[[F], F]:
+    """A gallery change route: key required (and a writable replica), a ChangeResponse."""
+    return method(
+        path,
+        response_model=ChangeResponse,
+        responses=WRITE_ERRORS,
+        dependencies=[Depends(require_write)],
+    )
 
 
 @router.get("", response_model=GalleryPage, responses=ERRORS, dependencies=[Depends(require_read)])
@@ -97,12 +109,7 @@ def _changed(runtime: Runtime, result: ChangeResult) -> dict:
     }
 
 
-@router.put(
-    "",
-    response_model=ChangeResponse,
-    responses=WRITE_ERRORS,
-    dependencies=[Depends(require_write)],
-)
+@_write_route(router.put, "")
 def upsert(body: UpsertRequest, engine: EngineDep, runtime: RuntimeDep) -> dict:
     """Insert or replace a batch of items. All or nothing: on any error the gallery is
     unchanged. Every affected statistic is updated before the change becomes visible."""
@@ -129,23 +136,13 @@ def _delete(ids: list[str], engine: EngineDep, runtime: Runtime) -> dict:
     return _changed(runtime, engine.delete(ids))
 
 
-@router.post(
-    "/delete",
-    response_model=ChangeResponse,
-    responses=WRITE_ERRORS,
-    dependencies=[Depends(require_write)],
-)
+@_write_route(router.post, "/delete")
 def delete_many(body: DeleteRequest, engine: EngineDep, runtime: RuntimeDep) -> dict:
     """Delete a batch of items; if any id is unknown nothing is deleted (404)."""
     return _delete(body.ids, engine, runtime)
 
 
-@router.delete(
-    "/{item_id:path}",
-    response_model=ChangeResponse,
-    responses=WRITE_ERRORS,
-    dependencies=[Depends(require_write)],
-)
+@_write_route(router.delete, "/{item_id:path}")
 def delete_one(item_id: str, engine: EngineDep, runtime: RuntimeDep) -> dict:
     """Delete one item (404 if unknown)."""
     return _delete([item_id], engine, runtime)
