@@ -19,10 +19,5 @@ def to_embeddings(rows: list[list[float]], *, field: str, dim: int, limit: int) 
         raise InputError(field, f"vectors of different lengths {sorted(lengths)}; expected {dim}")
     with np.errstate(over="ignore"):  # values beyond float32 become inf, reported below
         array = np.asarray(rows, dtype=np.float32)
-    if array.ndim == 2 and array.size:
-        # the float32 norm of large finite values (|x| ≳ 1e19) overflows, which would normalise
-        # the row to zeros: scale rows down by their largest |x| first (direction unchanged)
-        scale = np.abs(array).max(axis=1, keepdims=True)
-        large = np.isfinite(scale) & (scale > 1)
-        array = np.divide(array, scale, out=array, where=large)
+    # huge finite rows (|x| ≳ 1e19) are rescaled by check_embeddings before normalising
     return check_embeddings(array, field=field, dim=dim)
