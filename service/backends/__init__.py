@@ -24,10 +24,8 @@ def backend_factory(name: str, **options: Any) -> BackendFactory:
     if name == "exact":
         return ExactBackend
     if name == "faiss":
-        from service.backends.faiss import FaissBackend, HnswSettings
+        from service.backends.faiss import FaissBackend
 
-        if isinstance(options.get("hnsw"), dict):
-            options["hnsw"] = HnswSettings(**options["hnsw"])
         backend = FaissBackend
     elif name == "milvus":
         from service.backends.milvus import MilvusBackend

@@ -140,14 +140,14 @@ class FaissBackend(SearchBackend):
         previous: SearchBackend | None = None,
         *,
         index: str = "flat",
-        hnsw: HnswSettings | None = None,
+        hnsw: HnswSettings | dict | None = None,
         ivf: IvfSettings | dict | None = None,
     ) -> None:
         super().__init__(view, ids, previous)
         if index not in INDEXES:
             raise ValueError(f"unknown FAISS index {index!r}; expected one of {INDEXES}")
         self.kind = index
-        self.hnsw = hnsw or HnswSettings()
+        self.hnsw = HnswSettings(**hnsw) if isinstance(hnsw, dict) else hnsw or HnswSettings()
         self.ivf = IvfSettings(**ivf) if isinstance(ivf, dict) else ivf or IvfSettings()
         self.dim = view.embeddings.shape[1] + _STATS
         #: index slot of each view row, and view row of each slot (-1: tombstone); None: identity
