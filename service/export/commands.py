@@ -23,8 +23,6 @@ from typing import Any
 
 from service.export.chunked import DEFAULT_CHUNK_ROWS
 
-DEFAULT_PREFIX = "hubless"  # the Milvus backend's default collection prefix
-
 
 def register(subparsers: Any) -> None:
     """Add the ``export`` sub-command to the CLI's subparsers."""
@@ -119,9 +117,11 @@ def run_export(args: argparse.Namespace) -> int:
             sinks.append(ParquetSink(args.out / "gallery.parquet", d + 4))
             sidecar, activation = args.out / "gallery.json", args.out / "activation.json"
         if args.milvus_uri is not None:
-            collection = args.collection or _milvus_default(settings, "collection", job.view)
-            token = args.milvus_token or _milvus_default(settings, "token", job.view)
-            index = args.index or _milvus_default(settings, "index", job.view)
+            # the service's Milvus settings, so export and service name the same collection
+            collection = args.collection or f"{settings.milvus_collection}_{job.view}"
+            secret = settings.milvus_token
+            token = args.milvus_token or (secret.get_secret_value() if secret else None)
+            index = args.index or settings.milvus_index
             sinks.append(MilvusSink(args.milvus_uri, token, collection, d + 4, index))
             if args.out is None:
                 sidecar = Path(f"{collection}.json")
@@ -135,15 +135,3 @@ def run_export(args: argparse.Namespace) -> int:
     summary = {key: payload[key] for key in ("rows", "vector_dim", "view", "outputs", "timing")}
     print(json.dumps({"sidecar": str(sidecar), **summary}, indent=2))
     return 0
-
-
-def _milvus_default(settings: Any, name: str, view: str) -> Any:
-    """The service's Milvus setting ``milvus_<name>`` (so export and service name the same
-    collection), or the backend's default where the settings do not define it."""
-    value = getattr(settings, f"milvus_{name}", None)
-    if name == "collection":
-        return f"{value or DEFAULT_PREFIX}_{view}"
-    if name == "token":
-        secret = value or os.environ.get("HUBLESS_MILVUS_TOKEN")
-        return getattr(secret, "get_secret_value", lambda: secret)()
-    return value or "flat"
