@@ -81,11 +81,18 @@ class Catalog:
         ids, metadata = tuple(ids), tuple(metadata)
         array = np.empty(len(ids), dtype=object)
         array[:] = ids
-        return cls._fresh(ids, metadata, array)
+        return cls._fresh(ids, metadata, array, np.ones(len(ids), dtype=bool))
 
     @classmethod
-    def _fresh(cls, ids: tuple[str, ...], metadata: tuple[Metadata, ...], array: np.ndarray):
-        (id_array,), growth = keep_rows((array,), np.ones(len(ids), dtype=bool))
+    def _fresh(
+        cls,
+        ids: tuple[str, ...],
+        metadata: tuple[Metadata, ...],
+        array: np.ndarray,
+        keep: np.ndarray,
+    ) -> Catalog:
+        """A new chain: the kept rows of ``array`` (whose ids are ``ids``) and a fresh index."""
+        (id_array,), growth = keep_rows((array,), keep)
         table = dict(zip(ids, range(len(ids)), strict=True))
         return cls(ids, metadata, id_array, RowIndex(id_array, table), growth, table)
 
@@ -113,7 +120,7 @@ class Catalog:
         flags = keep.tolist()
         ids = tuple(compress(self.ids, flags))
         metadata = tuple(compress(self.metadata, flags))
-        return Catalog._fresh(ids, metadata, self.id_array[keep])
+        return Catalog._fresh(ids, metadata, self.id_array, keep)
 
 
 @dataclass(frozen=True)
