@@ -28,6 +28,7 @@ from service.engine import Engine, SuspectedHubError
 from service.engine.startup import load_engine
 from service.settings import DEMO_DIR, Settings
 
+from . import write_demo_slices
 from .test_updates import _banks, _unit
 
 # ----------------------------------------------------------------------------- exactness
@@ -208,3 +209,44 @@ def test_the_default_method_keeps_the_injected_hub_out(
     assert rows["raw", False].in_top10 > 0.9  # the attack works on raw cosine
     default = rows[defaults.default_method, defaults.invgc]
     assert default.in_top10 <= 0.01, default
+
+
+# ----------------------------------------------------------------------------- restarts
+
+
+def _assert_fresh(engine: Engine, width: int) -> None:
+    """The served query-bank top-k state equals one built from scratch on the served gallery."""
+    state = engine.state
+    top = state.original.query_top
+    fresh = BankTopK.build(state.original.embeddings, engine.banks.query_bank, width)
+    assert top.k == width and top.active == engine.norm.dis_topk
+    np.testing.assert_array_equal(top.idx, fresh.idx)
+    k = engine.screening.k
+    np.testing.assert_array_equal(top.occurrence(state.size, k), fresh.occurrence(state.size, k))
+
+
+def test_a_restart_rebuilds_the_same_state(tmp_path: Path) -> None:
+    """Changes replayed from the log, a compacted snapshot, the precompute cache, and a new
+    HUBLESS_HUB_K (a cache key of its own) all serve the state a fresh build gives."""
+    files = write_demo_slices(tmp_path / "demo")
+    settings = files.settings(tmp_path / "var")
+    engine = load_engine(settings)
+    _assert_fresh(engine, 10)
+    rng = np.random.default_rng(7)
+    hub = injected_hub(engine.banks.query_bank)[None]
+    engine.upsert(["hub", "x"], np.vstack([hub, _unit_like(rng, hub)]), [None, None])
+    engine.delete(list(files.ids[:5]))
+    replayed = load_engine(settings)  # cached precompute + the log replayed
+    assert replayed.state.ids == engine.state.ids
+    _assert_fresh(replayed, 10)
+    replayed.compact()
+    _assert_fresh(load_engine(settings), 10)  # the snapshot, precomputed afresh
+    _assert_fresh(load_engine(settings), 10)  # the same from the cache
+    wider = load_engine(settings.model_copy(update={"hub_k": 20}))
+    assert wider.screening.k == 20
+    _assert_fresh(wider, 20)
+
+
+def _unit_like(rng: np.random.Generator, like: np.ndarray) -> np.ndarray:
+    x = rng.normal(size=like.shape).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
