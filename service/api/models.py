@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -94,7 +94,7 @@ class HubWarning(BaseModel):
     """A new item that the upsert screening suspects of being a hub (SPEC.md, "Hubs")."""
 
     id: str
-    code: str = Field(description="Always 'suspected_hub'")
+    code: Literal["suspected_hub"]
     bank_occurrence: int = Field(
         description="Query-bank items (raw cosine) with this item in their top-HUBLESS_HUB_K"
     )
