@@ -254,9 +254,17 @@ function renderHistogram() {
   root.setAttribute("data-invgc", String(invgc));
   root.setAttribute("data-version", String(diag ? diag.version : ""));
   const W = 720, H = 300, left = 56, right = 12, top = 24, bottom = 52;
-  if (!baseline || !chosen || !baseline.occurrence_histogram || !chosen.occurrence_histogram) {
+  let missing = null;
+  if (!baseline || !chosen) {
+    missing = baseline
+      ? `no diagnostics of ${method} on the ${viewName(invgc)} gallery`
+      : "no diagnostics of raw on the original gallery";
+  } else if (!baseline.occurrence_histogram || !chosen.occurrence_histogram) {
+    missing = "this server sends no occurrence_histogram";
+  }
+  if (missing) {
     svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "na" }, root).textContent =
-      "histogram: n/a (this server sends no occurrence_histogram)";
+      `histogram: n/a (${missing})`;
     root.setAttribute("data-rendered", "false");
     return;
   }
@@ -281,18 +289,18 @@ function renderHistogram() {
       class: "bar method", "data-series": "method", "data-bin": i, "data-count": count,
     }, root);
     svg("title", {}, bar).textContent =
-      `${method}${invgc ? " + InvGC" : ""}: ${count} items with N_k ${binLabel(edges, i)}`;
+      `${method}${invgc ? " + InvGC" : ""}: ${count} items with Nₖ ${binLabel(edges, i)}`;
     const ghost = svg("rect", {
       x: x + band * 0.06, width: band * 0.88, y: y(raw[i]), height: top + plotH - y(raw[i]),
       class: "bar raw", "data-series": "raw", "data-bin": i, "data-count": raw[i],
     }, root);
-    svg("title", {}, ghost).textContent = `raw: ${raw[i]} items with N_k ${binLabel(edges, i)}`;
+    svg("title", {}, ghost).textContent = `raw: ${raw[i]} items with Nₖ ${binLabel(edges, i)}`;
     svg("text", {
       x: x + band / 2, y: top + plotH + 16, "text-anchor": "middle", class: "tick",
     }, root).textContent = binLabel(edges, i);
   });
   svg("text", { x: left + plotW / 2, y: H - 10, "text-anchor": "middle", class: "axis" }, root)
-    .textContent = "N_k: times an item is in a probe's top-k";
+    .textContent = "Nₖ: times an item is in a probe's top-k";
   svg("text", {
     x: 14, y: top + plotH / 2, "text-anchor": "middle", class: "axis",
     transform: `rotate(-90 14 ${top + plotH / 2})`,
@@ -342,7 +350,7 @@ function renderHubs() {
     return;
   }
   $("hubs-caption").textContent =
-    `z = (N_k − median) / scale; median ${fmt(hubs.median, 1)}, MAD ${fmt(hubs.mad, 1)}, ` +
+    `z = (Nₖ − median) / scale; median ${fmt(hubs.median, 1)}, MAD ${fmt(hubs.mad, 1)}, ` +
     `scale = 1.4826·MAD = ${fmt(hubs.scale, 2)} (floored at 1 when MAD is 0)`;
   hubs.items.forEach((item, i) => {
     const row = body.insertRow();
