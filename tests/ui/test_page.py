@@ -301,7 +301,7 @@ STUB_DIAGNOSTICS = {
     "degeneration": [{"invgc": False, "value": 0.5, "items": 10, "gallery_size": 10}],
     "methods": [
         _stub_entry("raw", [4, 2, 1, 1, 0, 2], [("a", 6), ("b", 5)]),
-        _stub_entry("dualis", [1, 5, 4], [("c", 3)]),
+        _stub_entry("dualis", [1, 5, 4], [("<img src=x onerror=alert(1)>", 3)]),
     ],
     "bank_sizes": {"query_bank": 7, "gallery_bank": 8},
     "live_query_bank": {"size": 6, "pending": 1, "version": 3},
@@ -337,7 +337,9 @@ def test_contract_fields_on_stubbed_json(page: Page, server: str) -> None:
         "#histogram text.tick", "ts => ts.map(t => t.textContent)"
     )
     assert {"0", "1", "2–3", "4–7", "8–15", "16–31"} <= set(labels)
-    assert page.hub_ids() == ["c"]
+    # ids and metadata are text, never markup
+    assert page.hub_ids() == ["<img src=x onerror=alert(1)>"]
+    assert page.tab.locator("#hubs img").count() == 0
     page.choose("raw", False)
     assert page.hub_ids() == ["a", "b"]
     assert page.tab.text_content("#live-bank") == "6 (pending 1, v3)"

@@ -454,7 +454,7 @@ function start() {
   $("probe").addEventListener("submit", runProbe);
   $("probe-file").addEventListener("change", loadFile);
   poll();
-  setInterval(poll, POLL_MS);
+  setInterval(() => document.hidden || poll(), POLL_MS); // a background tab stays quiet
 }
 
 window.hubless = {
