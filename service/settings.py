@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.algorithms import InputError, InvGCParams, NormParams
+from service.algorithms.hubs import HubScreening
 
 Method = Literal["raw", "is", "dis", "dualis", "dualdis", "nnn", "csls"]
 DEMO_DIR = Path(__file__).parent / "data" / "demo"
@@ -100,6 +101,28 @@ class Settings(BaseSettings):
     degeneration_sample: int = Field(
         10_000, ge=1, description="Most gallery items Δdeg averages over"
     )
+    # --- hubs (issue 12 part 3: adversarial-hub screening and reporting) --------------------
+    diagnostics_top_hubs: int = Field(
+        10, ge=1, description="Items of largest k-occurrence /diagnostics lists per method"
+    )
+    hub_k: int | None = Field(
+        None,
+        ge=1,
+        description="k of the query-bank k-occurrence that screens upserts; unset: "
+        "HUBLESS_DIAGNOSTICS_K",
+    )
+    hub_z: float = Field(
+        HubScreening.z,
+        gt=0,
+        allow_inf_nan=False,
+        description="Robust z above which an upserted item is a suspected hub (README, "
+        "'Adversarial hubs')",
+    )
+    hub_policy: Literal["warn", "reject"] = Field(
+        "warn",
+        description="Suspected hubs on upsert: 'warn' (listed in the response) or 'reject' "
+        "(422, nothing changed)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -121,6 +144,11 @@ class Settings(BaseSettings):
             nnn_topk=self.nnn_topk,
             nnn_alpha=self.nnn_alpha,
             csls_topk=self.csls_topk,
+        )
+
+    def hub_screening(self) -> HubScreening:
+        return HubScreening(
+            k=self.hub_k or self.diagnostics_k, z=self.hub_z, reject=self.hub_policy == "reject"
         )
 
     def invgc_params(self) -> InvGCParams:

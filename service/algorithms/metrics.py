@@ -89,6 +89,70 @@ def hubness(occurrence: np.ndarray, k: int, probes: int) -> HubnessReport:
     )
 
 
+def occurrence_histogram(occurrence: np.ndarray) -> tuple[list[int], list[int]]:
+    """Log-binned k-occurrence: (edges, counts), bin i counts items with edges[i] ≤ N_k <
+    edges[i+1]. Edges are 0 then powers of two up to the first one above max N_k, so zeros
+    (anti-hubs) get a bin of their own and a hub of any size lands in a handful of bins."""
+    occurrence = np.asarray(occurrence, dtype=np.int64)
+    top = int(occurrence.max()) if occurrence.size else 0
+    edges = [0, 1]
+    while edges[-1] <= top:
+        edges.append(2 * edges[-1])
+    # np.histogram closes its last bin on the right; no value reaches the last edge, so no harm
+    counts = np.histogram(occurrence, bins=edges)[0]
+    return edges, [int(c) for c in counts]
+
+
+#: 1.4826·MAD estimates the standard deviation of a normal sample (HubScan's robust z)
+MAD_TO_SIGMA = 1.4826
+
+
+@dataclass(frozen=True)
+class RobustScale:
+    """Robust location and scale of a k-occurrence distribution (all items, zeros included).
+
+    scale = 1.4826·MAD, or 1.0 when MAD is 0 (most items share one N_k, e.g. a small bank over
+    a large gallery leaves most at 0): a hub's z is then its excess occurrence over the median,
+    and z is always finite.
+    """
+
+    median: float
+    mad: float
+    scale: float
+
+    @classmethod
+    def of(cls, occurrence: np.ndarray) -> RobustScale:
+        x = np.asarray(occurrence, dtype=np.float64)
+        if x.size == 0:
+            return cls(0.0, 0.0, 1.0)
+        median = float(np.median(x))
+        mad = float(np.median(np.abs(x - median)))
+        return cls(median, mad, MAD_TO_SIGMA * mad if mad > 0 else 1.0)
+
+    def z(self, occurrence: np.ndarray | int) -> np.ndarray:
+        """Robust z-score ``(N_k − median) / scale`` of each value."""
+        return (np.asarray(occurrence, dtype=np.float64) - self.median) / self.scale
+
+
+@dataclass(frozen=True)
+class TopHubs:
+    """The ``rows`` with the largest k-occurrence (largest first, lower row first on ties),
+    their N_k and robust z, and the scale the z-scores were computed with."""
+
+    scale: RobustScale
+    rows: np.ndarray
+    occurrence: np.ndarray
+    z: np.ndarray
+
+
+def top_hubs(occurrence: np.ndarray, limit: int) -> TopHubs:
+    """The ``limit`` items with the largest k-occurrence, with robust z against all items."""
+    occurrence = np.asarray(occurrence, dtype=np.int64)
+    scale = RobustScale.of(occurrence)
+    rows = np.argsort(-occurrence, kind="stable")[: max(0, limit)]
+    return TopHubs(scale, rows, occurrence[rows], scale.z(occurrence[rows]))
+
+
 @dataclass(frozen=True)
 class Degeneration:
     """Δdeg: mean over items of the similarity to their nearest *other* gallery item.

@@ -18,6 +18,9 @@ items, upserts are exact and cost O(batch · N · d).
 The dynamic methods (DIS, DualDIS) also need each bank's *activation set*: the union over bank
 items of their top-k gallery items. It depends on the whole gallery, so it is kept as each bank
 item's current top-k (:class:`BankTopK`), which is updated incrementally on adds and deletes.
+The same state, kept wider for the query bank, gives every gallery item's query-bank
+k-occurrence (how many bank queries have it in their raw top-k), which screens upserts for
+adversarial hubs (SPEC.md, "Hubs and adversarial hubs").
 """
 
 from __future__ import annotations
@@ -64,31 +67,45 @@ class BankTopK:
     """Each bank item's current top-k gallery rows (N×k', best first, k' = min(k, n)).
 
     ``idx`` holds gallery row indices, ``sim`` their similarities. The activation set is the set
-    of rows that appear anywhere in ``idx``. Kept up to date on gallery changes by :meth:`add`
-    and :meth:`remove`, which touch only what changed.
+    of rows that appear anywhere in the first ``active`` columns of ``idx`` (all of them when
+    ``active`` is None): one structure serves both the DIS activation (``dis_topk`` columns) and
+    the hub screening (k-occurrence over ``k`` columns), never two copies. Kept up to date on
+    gallery changes by :meth:`merge` and :meth:`remove`, which touch only what changed.
     """
 
     idx: np.ndarray
     sim: np.ndarray
     k: int
+    active: int | None = None
 
     @classmethod
-    def build(cls, gallery: np.ndarray, bank: np.ndarray, k: int) -> BankTopK:
+    def build(
+        cls, gallery: np.ndarray, bank: np.ndarray, k: int, active: int | None = None
+    ) -> BankTopK:
         """Each bank item's top-k over the whole gallery (blocked, O(n·N·d))."""
         scan = scan_bank(gallery, bank, bank_topk=k)
-        return cls(scan.bank_top_idx, scan.bank_top_sim, k)
+        return cls(scan.bank_top_idx, scan.bank_top_sim, k, active)
 
     def activated(self, n: int) -> np.ndarray:
         """(n,) bool: which gallery rows are in the activation set."""
         flags = np.zeros(n, dtype=bool)
-        flags[self.idx.ravel()] = True
+        flags[self.idx[:, : self.active].ravel()] = True
         return flags
+
+    def occurrence(self, n: int, k: int) -> np.ndarray:
+        """(n,) int64 bank k-occurrence: how many bank items have each row in their top-k
+        (k ≤ self.k; zeros included). O(N·k + n)."""
+        if k > self.k:
+            raise ValueError(f"k-occurrence at k={k} needs a top-k state of width ≥ k ({self.k})")
+        return np.bincount(self.idx[:, :k].ravel(), minlength=n).astype(np.int64)
 
     def merge(self, batch: BankTopK, first_row: int) -> BankTopK:
         """Account for a batch appended at rows ``first_row, …``, given the batch's own top-k
-        (rows numbered from 0 within the batch): O(N·k), no similarity needed."""
+        (rows numbered from 0 within the batch, at least as wide): O(N·k), no similarity."""
+        if batch.k < self.k:
+            raise ValueError(f"a batch top-{batch.k} cannot update a top-{self.k} state")
         idx, sim = merge_topk(self.idx, self.sim, batch.idx + first_row, batch.sim, self.k)
-        return BankTopK(idx, sim, self.k)
+        return BankTopK(idx, sim, self.k, self.active)
 
     def remove(self, keep: np.ndarray, gallery: np.ndarray, bank: np.ndarray) -> BankTopK:
         """Account for deleting the rows where ``keep`` (old n,) is False.
@@ -110,7 +127,7 @@ class BankTopK:
         if redo.any() and k_now:
             fresh = BankTopK.build(gallery, bank[redo], self.k)
             idx[redo], sim[redo] = fresh.idx, fresh.sim
-        return BankTopK(idx, sim, self.k)
+        return BankTopK(idx, sim, self.k, self.active)
 
 
 def stats_from_scans(

@@ -199,18 +199,26 @@ class PreparedItems:
 
 
 def _view(
-    items: np.ndarray, banks: Banks, norm: NormParams, neighbours: tuple[int, int] | None = None
+    items: np.ndarray,
+    banks: Banks,
+    norm: NormParams,
+    neighbours: tuple[int, int] | None = None,
+    hub_topk: int = 0,
 ) -> tuple[GalleryView, np.ndarray | None, np.ndarray | None]:
-    """The view of ``items`` and, if LocalAdj neighbour counts are given, the neighbour sums."""
+    """The view of ``items`` and, if LocalAdj neighbour counts are given, the neighbour sums.
+
+    ``hub_topk``: keep the query bank's top-k state max(dis_topk, hub_topk) wide (its first
+    dis_topk columns are the activation set) for the hub screening's k-occurrence."""
     k_q, k_g = neighbours or (None, None)
-    qs = query_bank_scan(items, banks.query_bank, norm, neighbour_k=k_q, bank_topk=norm.dis_topk)
+    width = max(norm.dis_topk, hub_topk)
+    qs = query_bank_scan(items, banks.query_bank, norm, neighbour_k=k_q, bank_topk=width)
     gs = gallery_bank_scan(
         items, banks.gallery_bank, norm, neighbour_k=k_g, bank_topk=norm.dis_topk
     )
     view = GalleryView(
         items,
         stats_from_scans(qs, gs, norm),
-        BankTopK(qs.bank_top_idx, qs.bank_top_sim, norm.dis_topk),
+        BankTopK(qs.bank_top_idx, qs.bank_top_sim, width, norm.dis_topk),
         BankTopK(gs.bank_top_idx, gs.bank_top_sim, norm.dis_topk),
         banks.sizes,
     )
@@ -224,17 +232,20 @@ def prepare_items(
     invgc: InvGCParams | None,
     *,
     gallery_mean: np.ndarray | None = None,
+    hub_topk: int = 0,
 ) -> PreparedItems:
     """Prepare normalised items (n, d): stats, activation top-k and, if ``invgc``, the
     InvGC-adjusted view. ``gallery_mean`` (full adjacency only): mean of the whole gallery
-    the items belong to, defaulting to the items' own mean."""
+    the items belong to, defaulting to the items' own mean. ``hub_topk``: width of the
+    original view's query-bank top-k kept for hub screening (raw scores on the original
+    gallery; the adjusted view keeps only the activation sets)."""
     if items.shape[1] != banks.dim:
         raise InputError("gallery", f"expected dimension {banks.dim}, got {items.shape[1]}")
     local = invgc is not None and invgc.adjacency == "local"
     neighbours = (
         (invgc.neighbours(banks.sizes[0]), invgc.neighbours(banks.sizes[1])) if local else None
     )
-    original, near_q, near_g = _view(items, banks, norm, neighbours)
+    original, near_q, near_g = _view(items, banks, norm, neighbours, hub_topk)
     if invgc is None:
         return PreparedItems(original, None)
     sums = (near_q, near_g) if local else None

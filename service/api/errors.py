@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.algorithms import InputError
 from service.backends.base import BackendUnavailable
+from service.engine.engine import SuspectedHubError
 from service.engine.state import UnknownIdError
 from service.logs import request_id
 
@@ -86,6 +87,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InputError)
     async def _input_error(_: Request, exc: InputError) -> JSONResponse:
         return error_response(422, "invalid_input", str(exc), exc.field)
+
+    @app.exception_handler(SuspectedHubError)
+    async def _suspected_hub(_: Request, exc: SuspectedHubError) -> JSONResponse:
+        return error_response(422, "suspected_hub", str(exc), exc.field)
 
     @app.exception_handler(UnknownIdError)
     async def _unknown_id(_: Request, exc: UnknownIdError) -> JSONResponse:

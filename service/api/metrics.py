@@ -37,3 +37,9 @@ class Metrics:
             ["method", "invgc"],
             registry=r,
         )
+        self.hub_max_z = Gauge(
+            "hubless_hub_max_z",
+            "Largest robust k-occurrence z-score (the top hub) of the last GET /diagnostics run",
+            ["method", "invgc"],
+            registry=r,
+        )

@@ -90,12 +90,29 @@ class DeleteRequest(Strict):
     ids: list[str] = Field(min_length=1, description="Ids to delete; all must exist")
 
 
+class HubWarning(BaseModel):
+    """A new item that the upsert screening suspects of being a hub (SPEC.md, "Hubs")."""
+
+    id: str
+    code: str = Field(description="Always 'suspected_hub'")
+    bank_occurrence: int = Field(
+        description="Query-bank items (raw cosine) with this item in their top-HUBLESS_HUB_K"
+    )
+    z: float = Field(
+        description="Robust z of bank_occurrence against every gallery item's (zeros included)"
+    )
+
+
 class ChangeResponse(BaseModel):
     version: int = Field(description="Gallery version after the change")
     size: int = Field(description="Gallery size after the change")
     inserted: int
     updated: int
     deleted: int
+    warnings: list[HubWarning] = Field(
+        default_factory=list,
+        description="New items whose robust z exceeds HUBLESS_HUB_Z (policy 'warn'); else []",
+    )
 
 
 class GalleryItemOut(BaseModel):
@@ -169,11 +186,41 @@ class RetrievalOut(BaseModel):
     mrr: float
 
 
+class OccurrenceHistogramOut(BaseModel):
+    """Bin i counts gallery items with ``edges[i] ≤ N_k < edges[i+1]`` (zeros included); edges
+    are 0 then powers of two, the last one above the largest N_k."""
+
+    edges: list[int]
+    counts: list[int]
+
+
+class HubOut(BaseModel):
+    id: str
+    occurrence: int = Field(description="k-occurrence N_k: probes with this item in their top-k")
+    z: float = Field(description="Robust z-score (N_k − median) / scale")
+    metadata: dict[str, Any] | None
+
+
+class TopHubsOut(BaseModel):
+    """The items of largest k-occurrence (best first, at most HUBLESS_DIAGNOSTICS_TOP_HUBS).
+
+    median and mad are over all gallery items' N_k (zeros included); scale = 1.4826·mad, or
+    1.0 when mad is 0, so z is always finite.
+    """
+
+    median: float
+    mad: float
+    scale: float
+    items: list[HubOut]
+
+
 class MethodDiagnosticsOut(BaseModel):
     method: Method
     invgc: bool
     hubness: HubnessOut
     retrieval: RetrievalOut | None
+    occurrence_histogram: OccurrenceHistogramOut
+    top_hubs: TopHubsOut
 
 
 class DegenerationOut(BaseModel):
@@ -185,10 +232,27 @@ class DegenerationOut(BaseModel):
     gallery_size: int
 
 
+class BankSizesOut(BaseModel):
+    query_bank: int
+    gallery_bank: int
+
+
+class LiveQueryBankOut(BaseModel):
+    """The live query bank (HUBLESS_LIVE_QUERY_BANK): rows, rows not yet applied, version."""
+
+    size: int
+    pending: int
+    version: int
+
+
 class DiagnosticsResponse(BaseModel):
     version: int
     gallery_size: int
     probe_source: str = Field(description="'query_bank' (a sample of it) or 'request'")
+    bank_sizes: BankSizesOut
+    live_query_bank: LiveQueryBankOut | None = Field(
+        description="null unless HUBLESS_LIVE_QUERY_BANK is on"
+    )
     degeneration: list[DegenerationOut]
     methods: list[MethodDiagnosticsOut]
 

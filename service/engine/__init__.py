@@ -1,7 +1,13 @@
 """The served state: gallery snapshots, searches, atomic durable changes, diagnostics."""
 
 from service.engine.diagnostics import Diagnostics, diagnose, probe_sample
-from service.engine.engine import ChangeResult, Engine, SearchResult
+from service.engine.engine import (
+    ChangeResult,
+    Engine,
+    HubWarning,
+    SearchResult,
+    SuspectedHubError,
+)
 from service.engine.loading import DataError
 from service.engine.state import GalleryState, UnknownIdError
 
@@ -11,7 +17,9 @@ __all__ = [
     "Diagnostics",
     "Engine",
     "GalleryState",
+    "HubWarning",
     "SearchResult",
+    "SuspectedHubError",
     "UnknownIdError",
     "diagnose",
     "probe_sample",

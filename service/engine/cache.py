@@ -21,7 +21,7 @@ from service.algorithms import BankTopK, GalleryView, PreparedItems
 log = logging.getLogger(__name__)
 
 #: Bump when the layout or the maths of the cached arrays change.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 def cache_key(data_digest: str, params: dict[str, object]) -> str:
@@ -39,17 +39,22 @@ def _view_arrays(prefix: str, view: GalleryView) -> dict[str, np.ndarray]:
         f"{prefix}_qtop_sim": view.query_top.sim,
         f"{prefix}_gtop_idx": view.gallery_top.idx,
         f"{prefix}_gtop_sim": view.gallery_top.sim,
+        # widths: the query bank's top-k may be wider than its activation set (hub screening)
+        f"{prefix}_top_k": np.array(
+            [view.query_top.k, view.query_top.active or 0, view.gallery_top.k], np.int64
+        ),
     }
 
 
-def _view_from(
-    prefix: str, arrays: dict[str, np.ndarray], k: int, sizes: tuple[int, int]
-) -> GalleryView:
+def _view_from(prefix: str, arrays: dict[str, np.ndarray], sizes: tuple[int, int]) -> GalleryView:
+    query_k, active, gallery_k = (int(x) for x in arrays[f"{prefix}_top_k"])
     return GalleryView(
         arrays[f"{prefix}_embeddings"],
         arrays[f"{prefix}_stats"],
-        BankTopK(arrays[f"{prefix}_qtop_idx"], arrays[f"{prefix}_qtop_sim"], k),
-        BankTopK(arrays[f"{prefix}_gtop_idx"], arrays[f"{prefix}_gtop_sim"], k),
+        BankTopK(
+            arrays[f"{prefix}_qtop_idx"], arrays[f"{prefix}_qtop_sim"], query_k, active or None
+        ),
+        BankTopK(arrays[f"{prefix}_gtop_idx"], arrays[f"{prefix}_gtop_sim"], gallery_k),
         sizes,
     )
 
@@ -73,15 +78,15 @@ def save(directory: Path, key: str, prepared: PreparedItems) -> Path:
     return target
 
 
-def load(directory: Path, key: str, k: int, sizes: tuple[int, int]) -> PreparedItems | None:
+def load(directory: Path, key: str, sizes: tuple[int, int]) -> PreparedItems | None:
     path = directory / f"{key}.npz"
     if not path.exists():
         return None
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
-        original = _view_from("original", arrays, k, sizes)
-        adjusted = _view_from("adjusted", arrays, k, sizes) if "adjusted_stats" in arrays else None
+        original = _view_from("original", arrays, sizes)
+        adjusted = _view_from("adjusted", arrays, sizes) if "adjusted_stats" in arrays else None
     except (OSError, ValueError, KeyError) as exc:
         log.warning("ignoring unreadable cache entry", extra={"path": str(path), "error": str(exc)})
         return None

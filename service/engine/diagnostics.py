@@ -18,14 +18,27 @@ from service.algorithms import (
     HubnessReport,
     InputError,
     RetrievalReport,
+    RobustScale,
     degeneration,
     hubness,
     k_occurrence,
+    occurrence_histogram,
     ranks_of,
     retrieval_quality,
+    top_hubs,
 )
 from service.engine.engine import Engine
-from service.engine.state import GalleryState
+from service.engine.state import GalleryState, Metadata
+
+
+@dataclass(frozen=True)
+class Hub:
+    """One gallery item with a large k-occurrence, resolved on the diagnosed snapshot."""
+
+    id: str
+    occurrence: int
+    z: float
+    metadata: Metadata
 
 
 @dataclass(frozen=True)
@@ -34,6 +47,14 @@ class MethodDiagnostics:
     invgc: bool
     hubness: HubnessReport
     retrieval: RetrievalReport | None
+    histogram: tuple[list[int], list[int]]  # (edges, counts), see occurrence_histogram
+    hub_scale: RobustScale
+    hubs: list[Hub]  # largest k-occurrence first
+
+    @property
+    def max_z(self) -> float:
+        """Robust z of the largest k-occurrence (0 for an empty list)."""
+        return self.hubs[0].z if self.hubs else 0.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +62,7 @@ class Diagnostics:
     version: int
     gallery_size: int
     probe_source: str
+    bank_sizes: tuple[int, int]  # (|BQ|, |BG|)
     degeneration: dict[bool, Degeneration]  # keyed by invgc
     methods: list[MethodDiagnostics]
 
@@ -61,8 +83,10 @@ def diagnose(
     degeneration_sample: int,
     truth_ids: list[str] | None = None,
     methods: tuple[str, ...] = METHODS,
+    hub_limit: int = 10,
 ) -> Diagnostics:
-    """Hubness (and recall, with ``truth_ids``) of every method on every view, on one snapshot."""
+    """Hubness (and recall, with ``truth_ids``) of every method on every view, on one snapshot,
+    with the ``hub_limit`` items of largest k-occurrence per method and view."""
     state: GalleryState = engine.state
     if state.size == 0:
         raise InputError("gallery", "the gallery is empty; there is nothing to diagnose")
@@ -78,9 +102,18 @@ def diagnose(
         for method in methods:
             backend, plan = engine.plan(state, probes, method, invgc)
             rows, _ = backend.search(probes, plan, k)
-            report = hubness(k_occurrence(rows, view.size), k, probes.shape[0])
+            occurrence = k_occurrence(rows, view.size)
+            report = hubness(occurrence, k, probes.shape[0])
             quality = None
             if truth is not None:
                 quality = retrieval_quality(ranks_of(probes, view, plan, truth))
-            results.append(MethodDiagnostics(method, invgc, report, quality))
-    return Diagnostics(state.version, state.size, probe_source, degen, results)
+            top = top_hubs(occurrence, hub_limit)
+            hubs = [
+                Hub(state.ids[row], int(count), float(z), state.metadata[row])
+                for row, count, z in zip(top.rows, top.occurrence, top.z, strict=True)
+            ]
+            histogram = occurrence_histogram(occurrence)
+            results.append(
+                MethodDiagnostics(method, invgc, report, quality, histogram, top.scale, hubs)
+            )
+    return Diagnostics(state.version, state.size, probe_source, engine.banks.sizes, degen, results)

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from service.algorithms import (
     get_normaliser,
     prepare_items,
 )
+from service.algorithms.hubs import HubScreening, suspected_hubs
 from service.backends import BackendFactory, SearchBackend
 from service.engine.changes import Change, Delete, Upsert
 from service.engine.persistence import GalleryStore
@@ -49,12 +50,39 @@ class SearchResult:
 
 
 @dataclass(frozen=True)
+class HubWarning:
+    """A new item whose query-bank k-occurrence has a robust z above the threshold."""
+
+    id: str
+    bank_occurrence: int
+    z: float
+    code: str = "suspected_hub"
+
+
+class SuspectedHubError(InputError):
+    """A change refused by the hub screening (``HUBLESS_HUB_POLICY=reject``); nothing changed."""
+
+    def __init__(self, warnings: list[HubWarning]) -> None:
+        shown = ", ".join(
+            f"{w.id!r} (bank occurrence {w.bank_occurrence}, z {w.z:.1f})" for w in warnings[:10]
+        )
+        more = f" and {len(warnings) - 10} more" if len(warnings) > 10 else ""
+        super().__init__(
+            "items",
+            f"suspected hub(s) refused: {shown}{more}; nothing was changed "
+            "(HUBLESS_HUB_POLICY=reject, threshold HUBLESS_HUB_Z)",
+        )
+        self.warnings = warnings
+
+
+@dataclass(frozen=True)
 class ChangeResult:
     version: int
     size: int
     inserted: int
     updated: int
     deleted: int
+    warnings: tuple[HubWarning, ...] = ()
 
 
 class Engine:
@@ -67,11 +95,18 @@ class Engine:
         norm: NormParams,
         invgc: InvGCParams | None,
         backend: BackendFactory,
+        screening: HubScreening | None = None,
     ) -> None:
+        """``screening``: needs a state whose original query-bank top-k is at least
+        ``screening.k`` wide (``prepare_items(..., hub_topk=k)``)."""
+        if screening is not None and state.original.query_top.k < screening.k:
+            width = state.original.query_top.k
+            raise ValueError(f"hub screening at k={screening.k} needs a top-k state ≥ {width}")
         self._state = state
         self.banks = banks
         self.norm = norm
         self.invgc = invgc
+        self.screening = screening
         self._backend = backend
         self._store: GalleryStore | None = None
         self._write_lock = threading.Lock()
@@ -88,6 +123,7 @@ class Engine:
         backend: BackendFactory,
         *,
         version: int = 1,
+        screening: HubScreening | None = None,
     ) -> Engine:
         """``version``: of this gallery (a snapshot continues the numbering of its changes)."""
         full = invgc is not None and invgc.adjacency == "full"
@@ -100,7 +136,7 @@ class Engine:
             backend,
             gallery_sum=gallery_sum,
         )
-        return cls(state, banks, norm, invgc, backend)
+        return cls(state, banks, norm, invgc, backend, screening)
 
     @property
     def state(self) -> GalleryState:
@@ -191,12 +227,16 @@ class Engine:
     def apply(self, change: Change, *, record: bool = True) -> ChangeResult:
         """Build the next state with ``change`` and swap it in (atomically, durably).
 
-        ``record=False`` replays a change that is already in the log.
+        ``record=False`` replays a change that is already in the log (not screened again).
+        Order: validate, build the next state off to the side, screen it for hubs (a refusal
+        leaves everything as it was), log it, swap it in.
         """
         with self._write_lock:
             started = time.perf_counter()
             current = self._state
             state, result = self._next_state(current, change)
+            if record and isinstance(change, Upsert):
+                result = self._screen(state, change, result)
             if record and self._store is not None:
                 self._store.append(change)
             self._state = state
@@ -234,7 +274,8 @@ class Engine:
         inserted = 0
         if isinstance(change, Upsert):
             invgc = self.invgc if self._per_item_invgc else None
-            batch = prepare_items(change.embeddings, self.banks, self.norm, invgc)
+            width = original.query_top.k  # the batch's top-k as wide as the state it joins
+            batch = prepare_items(change.embeddings, self.banks, self.norm, invgc, hub_topk=width)
             original = original.append(batch.original, self.banks)
             if batch.adjusted is not None and adjusted is not None:
                 adjusted = adjusted.append(batch.adjusted, self.banks)
@@ -252,6 +293,30 @@ class Engine:
         return next_state, ChangeResult(
             next_state.version, next_state.size, inserted, updated, deleted
         )
+
+    def _screen(self, state: GalleryState, change: Upsert, result: ChangeResult) -> ChangeResult:
+        """Warn about (or refuse) the change's items whose query-bank k-occurrence after the
+        change is an outlier among all gallery items' (robust z, zeros included).
+
+        O(|BQ|·k + n) on the state already built: the upserted items are its last rows.
+        """
+        if self.screening is None:
+            return result
+        n, first = state.size, state.size - len(change.ids)
+        occurrence = state.original.query_top.occurrence(n, self.screening.k)
+        found = suspected_hubs(occurrence, np.arange(first, n), self.screening.z)
+        warnings = tuple(
+            HubWarning(change.ids[row - first], int(count), float(z))
+            for row, count, z in zip(found.rows, found.occurrence, found.z, strict=True)
+        )
+        if warnings and self.screening.reject:
+            raise SuspectedHubError(list(warnings))
+        if warnings:
+            log.warning(
+                "suspected hub upserted",
+                extra={"ids": [w.id for w in warnings][:10], "max_z": float(found.z.max())},
+            )
+        return replace(result, warnings=warnings)
 
     @property
     def _per_item_invgc(self) -> bool:

@@ -77,16 +77,21 @@ def load_engine(settings: Settings) -> Engine:
 
     norm = settings.norm_params()
     invgc = settings.invgc_params() if settings.invgc else None
-    params = {"norm": asdict(norm), "invgc": asdict(invgc) if invgc else None}
+    screening = settings.hub_screening()
+    params = {
+        "norm": asdict(norm),
+        "invgc": asdict(invgc) if invgc else None,
+        "hub_topk": screening.k,
+    }
     data_digest = file_digest(gallery_path, ids_path, bq_path, bg_path)
     key = cache.cache_key(f"{data_digest}:{snapshot.seq if snapshot else 0}", params)
     cache_dir = settings.data_dir / "cache"
-    prepared = cache.load(cache_dir, key, norm.dis_topk, banks.sizes) if settings.cache else None
+    prepared = cache.load(cache_dir, key, banks.sizes) if settings.cache else None
     from_cache = prepared is not None
     if prepared is None:
         pairs = gallery.shape[0] * sum(banks.sizes) * (2 if invgc else 1)
         with scan_progress(ProgressLog(pairs)):
-            prepared = prepare_items(gallery, banks, norm, invgc)
+            prepared = prepare_items(gallery, banks, norm, invgc, hub_topk=screening.k)
         if settings.cache:
             cache.save(cache_dir, key, prepared)
     prepared_at = time.perf_counter()
@@ -95,7 +100,7 @@ def load_engine(settings: Settings) -> Engine:
     # every logged change made one version, so a snapshot of seq changes is version 1 + seq
     version = 1 + (snapshot.seq if snapshot else 0)
     engine = Engine.from_prepared(
-        ids, metadata, prepared, banks, norm, invgc, backend, version=version
+        ids, metadata, prepared, banks, norm, invgc, backend, version=version, screening=screening
     )
     for change in changes:
         engine.apply(change, record=False)

@@ -8,6 +8,7 @@ use on small inputs only.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -315,3 +316,26 @@ def retrieval_quality(ranks) -> dict[str, float]:
         "mean_rank": sum(ranks) / m,
         "mrr": sum(1 / r for r in ranks) / m,
     }
+
+
+def median_of(xs) -> float:
+    srt = sorted(xs)
+    m = len(srt)
+    return float(srt[m // 2]) if m % 2 else (srt[m // 2 - 1] + srt[m // 2]) / 2
+
+
+def occurrence_histogram(xs) -> tuple[list[int], list[int]]:
+    """Edges 0, 1, 2, 4, … up to the first power of two above max(xs); counts by scanning."""
+    edges = [0, 1]
+    while edges[-1] <= max(xs, default=0):
+        edges.append(edges[-1] * 2)
+    counts = [sum(1 for x in xs if lo <= x < hi) for lo, hi in itertools.pairwise(edges)]
+    return edges, counts
+
+
+def robust_z(xs) -> tuple[float, float, float, list[float]]:
+    """(median, MAD, scale, z of every x) with scale = 1.4826·MAD, or 1 when MAD is 0."""
+    med = median_of(xs)
+    mad = median_of([abs(x - med) for x in xs])
+    scale = 1.4826 * mad if mad else 1.0
+    return med, mad, scale, [(x - med) / scale for x in xs]

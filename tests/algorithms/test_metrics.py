@@ -17,7 +17,14 @@ from service.algorithms import (
     k_occurrence,
     retrieval_quality,
 )
-from service.algorithms.metrics import gini, robin_hood, skewness
+from service.algorithms.metrics import (
+    RobustScale,
+    gini,
+    occurrence_histogram,
+    robin_hood,
+    skewness,
+    top_hubs,
+)
 
 from . import reference as ref
 from .conftest import PROPERTY, seeds, unit, unit_rows
@@ -263,3 +270,52 @@ def test_retrieval_quality_matches_naive(ranks):
     rep = retrieval_quality(np.array(ranks)).as_dict()
     for key, value in ref.retrieval_quality(ranks).items():
         assert rep[key] == pytest.approx(value), key
+
+
+# ----------------------------------------------------------------------------- hub reports
+
+occurrences = st.lists(st.integers(0, 300), min_size=1, max_size=60)
+
+
+@given(xs=occurrences)
+@PROPERTY
+def test_occurrence_histogram_matches_naive(xs):
+    edges, counts = occurrence_histogram(np.array(xs))
+    assert (edges, counts) == ref.occurrence_histogram(xs)
+    assert edges[0] == 0 and edges[-1] > max(xs) and len(counts) == len(edges) - 1
+    assert all(b == 2 * a for a, b in itertools.pairwise(edges[1:]))  # powers of two after 0
+    assert sum(counts) == len(xs)
+
+
+def test_occurrence_histogram_by_hand():
+    assert occurrence_histogram(np.array([0, 0, 1, 2, 3, 4, 7, 8])) == (
+        [0, 1, 2, 4, 8, 16],
+        [2, 1, 2, 2, 1],
+    )
+    assert occurrence_histogram(np.zeros(5, np.int64)) == ([0, 1], [5])
+
+
+@given(xs=occurrences, limit=st.integers(1, 70))
+@PROPERTY
+def test_top_hubs_match_naive(xs, limit):
+    hubs = top_hubs(np.array(xs), limit)
+    med, mad, scale, z = ref.robust_z(xs)
+    assert (hubs.scale.median, hubs.scale.mad) == (med, mad)
+    assert hubs.scale.scale == pytest.approx(scale, rel=1e-15)
+    # largest first, ties by lower row: the naive order of (−N_k, row)
+    order = sorted(range(len(xs)), key=lambda i: (-xs[i], i))[:limit]
+    assert hubs.rows.tolist() == order
+    assert hubs.occurrence.tolist() == [xs[i] for i in order]
+    np.testing.assert_allclose(hubs.z, [z[i] for i in order], rtol=1e-12)
+    assert np.all(np.isfinite(hubs.z))
+
+
+def test_robust_z_by_hand():
+    # median 2, |x − 2| = [2, 2, 1, 3, 3, 1] → MAD 2, scale 2.9652
+    scale = RobustScale.of(np.array([0, 0, 1, 5, 5, 3]))
+    assert (scale.median, scale.mad, scale.scale) == (2.0, 2.0, 1.4826 * 2)
+    assert scale.z(5) == pytest.approx(3 / 2.9652)
+    # MAD 0 (most items never retrieved): scale 1, z is the excess over the median
+    flat = RobustScale.of(np.array([0, 0, 0, 0, 7]))
+    assert (flat.median, flat.mad, flat.scale) == (0.0, 0.0, 1.0)
+    assert flat.z(7) == 7.0

@@ -93,3 +93,43 @@ def test_post_diagnoses_only_the_methods_asked_for(client: TestClient) -> None:
         ("raw", True),
     ]
     assert all(m["hubness"]["k"] == 3 and m["retrieval"] is None for m in report["methods"])
+
+
+def test_hub_reports_are_consistent_with_the_hubness_figures(client: TestClient) -> None:
+    """Histogram and top hubs describe the same k-occurrence as the hubness metrics."""
+    body = client.get("/diagnostics").json()
+    assert body["bank_sizes"] == {"query_bank": 400, "gallery_bank": 400}
+    assert body["live_query_bank"] is None
+    gallery_ids = set(client.app.state.runtime.engine.state.ids)
+    for m in body["methods"]:
+        hist, hubs, hubness = m["occurrence_histogram"], m["top_hubs"], m["hubness"]
+        edges, counts = hist["edges"], hist["counts"]
+        assert edges[:2] == [0, 1] and len(counts) == len(edges) - 1
+        assert sum(counts) == 300  # every gallery item, zeros included
+        top = hubs["items"][0]["occurrence"]
+        assert top == round(hubness["max_occurrence_ratio"] * hubness["probes"])
+        assert edges[-2] <= top < edges[-1]  # the last bin holds the largest N_k
+        assert counts[0] == round(hubness["antihub_rate"] * 300)
+        items = hubs["items"]
+        assert len(items) == 10 and {h["id"] for h in items} <= gallery_ids
+        occurrence = [h["occurrence"] for h in items]
+        assert occurrence == sorted(occurrence, reverse=True)
+        scale = hubs["scale"]
+        assert scale == (pytest.approx(1.4826 * hubs["mad"]) if hubs["mad"] else 1.0)
+        for h in items:
+            assert h["z"] == pytest.approx((h["occurrence"] - hubs["median"]) / scale)
+            assert h["metadata"] is None
+    dualis = next(m for m in body["methods"] if (m["method"], m["invgc"]) == ("dualis", True))
+    label = 'hubless_hub_max_z{invgc="true",method="dualis"} '
+    line = next(x for x in client.get("/metrics").text.splitlines() if x.startswith(label))
+    assert float(line.removeprefix(label)) == pytest.approx(dualis["top_hubs"]["items"][0]["z"])
+
+
+def test_top_hubs_limit_applies_to_get_and_post(serve: Serve) -> None:
+    client = serve(diagnostics_top_hubs=3, diagnostics_probes=100)
+    body = client.get("/diagnostics").json()
+    assert all(len(m["top_hubs"]["items"]) == 3 for m in body["methods"])
+    probes = demo_queries(30)[0]
+    report = client.post("/diagnostics", json={"queries": probes.tolist(), "methods": ["raw"]})
+    assert report.status_code == 200
+    assert all(len(m["top_hubs"]["items"]) == 3 for m in report.json()["methods"])

@@ -77,7 +77,14 @@ def test_insert_update_delete_round_trip(serve: Serve, demo: DemoFiles) -> None:
         "/gallery", json={"items": [_item(f"new-{i}", new[i], metadata) for i in range(3)]}
     )
     assert response.status_code == 200, response.text
-    assert response.json() == {"version": 2, "size": 303, "inserted": 3, "updated": 0, "deleted": 0}
+    assert response.json() == {
+        "version": 2,
+        "size": 303,
+        "inserted": 3,
+        "updated": 0,
+        "deleted": 0,
+        "warnings": [],
+    }
     detail = client.get(_path("new-1"), params={"embedding": True}).json()
     assert detail["metadata"] == metadata and detail["version"] == 2
     np.testing.assert_allclose(detail["embedding"], _unit(new[1]), atol=1e-6)
@@ -90,7 +97,14 @@ def test_insert_update_delete_round_trip(serve: Serve, demo: DemoFiles) -> None:
     old_id = demo.ids[0]
     replacement = _item(old_id, new[0] + 0.5 * new[1], {"v": 2})
     response = client.put("/gallery", json={"items": [replacement]})
-    assert response.json() == {"version": 3, "size": 303, "inserted": 0, "updated": 1, "deleted": 0}
+    assert response.json() == {
+        "version": 3,
+        "size": 303,
+        "inserted": 0,
+        "updated": 1,
+        "deleted": 0,
+        "warnings": [],
+    }
     detail = client.get(_path(old_id), params={"embedding": True}).json()
     assert detail["metadata"] == {"v": 2}
     np.testing.assert_allclose(detail["embedding"], _unit(new[0] + 0.5 * new[1]), atol=1e-6)
@@ -103,10 +117,24 @@ def test_insert_update_delete_round_trip(serve: Serve, demo: DemoFiles) -> None:
 
     # delete one by path, then a batch
     response = client.delete(_path("new-0"))
-    assert response.json() == {"version": 4, "size": 302, "inserted": 0, "updated": 0, "deleted": 1}
+    assert response.json() == {
+        "version": 4,
+        "size": 302,
+        "inserted": 0,
+        "updated": 0,
+        "deleted": 1,
+        "warnings": [],
+    }
     assert_error(client.get(_path("new-0")), 404, "id")
     response = client.post("/gallery/delete", json={"ids": ["new-1", "new-2", "new-1"]})
-    assert response.json() == {"version": 5, "size": 300, "inserted": 0, "updated": 0, "deleted": 2}
+    assert response.json() == {
+        "version": 5,
+        "size": 300,
+        "inserted": 0,
+        "updated": 0,
+        "deleted": 2,
+        "warnings": [],
+    }
     assert set(_all_ids(client)) == set(demo.ids)
     found = search(client, new, k=300, method="dualdis")["results"]
     assert all(not h["id"].startswith("new-") for hits in found for h in hits)

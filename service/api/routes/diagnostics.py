@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -13,6 +14,7 @@ from service.api.jsonio import OrjsonRoute
 from service.api.models import DiagnosticsRequest, DiagnosticsResponse
 from service.api.runtime import EngineDep, Runtime, RuntimeDep, require_read
 from service.engine import Diagnostics, diagnose, probe_sample
+from service.engine.diagnostics import Hub
 
 router = APIRouter(
     prefix="/diagnostics",
@@ -23,11 +25,17 @@ router = APIRouter(
 ERRORS = error_responses(400, 401, 404, 413, 422, 503)
 
 
+def _hub(hub: Hub) -> dict:
+    return {"id": hub.id, "occurrence": hub.occurrence, "z": hub.z, "metadata": hub.metadata}
+
+
 def _out(diag: Diagnostics) -> dict:
     return {
         "version": diag.version,
         "gallery_size": diag.gallery_size,
         "probe_source": diag.probe_source,
+        "bank_sizes": dict(zip(("query_bank", "gallery_bank"), diag.bank_sizes, strict=True)),
+        "live_query_bank": None,  # the live query bank (issue 12 part 4) fills this in
         "degeneration": [
             {"invgc": invgc, "value": d.value, "items": d.items, "gallery_size": d.gallery_size}
             for invgc, d in diag.degeneration.items()
@@ -38,6 +46,8 @@ def _out(diag: Diagnostics) -> dict:
                 "invgc": m.invgc,
                 "hubness": m.hubness.as_dict(),
                 "retrieval": m.retrieval.as_dict() if m.retrieval else None,
+                "occurrence_histogram": dict(zip(("edges", "counts"), m.histogram, strict=True)),
+                "top_hubs": {**asdict(m.hub_scale), "items": [_hub(h) for h in m.hubs]},
             }
             for m in diag.methods
         ],
@@ -55,6 +65,7 @@ def _publish(runtime: Runtime, diag: Diagnostics) -> None:
     for m in diag.methods:
         gauge = runtime.metrics.k_occurrence_skewness.labels(m.method, str(m.invgc).lower())
         gauge.set(m.hubness.skewness)
+        runtime.metrics.hub_max_z.labels(m.method, str(m.invgc).lower()).set(m.max_z)
 
 
 @router.get("", response_model=DiagnosticsResponse, responses=ERRORS)
@@ -79,6 +90,7 @@ def diagnostics(
                 k=k,
                 probe_source="query_bank",
                 degeneration_sample=settings.degeneration_sample,
+                hub_limit=settings.diagnostics_top_hubs,
             )
             runtime.diagnostics_cache.clear()
             runtime.diagnostics_cache[(diag.version, k)] = diag
@@ -108,5 +120,6 @@ def diagnostics_with_probes(
         degeneration_sample=settings.degeneration_sample,
         truth_ids=body.truth_ids,
         methods=tuple(body.methods) if body.methods else METHODS,
+        hub_limit=settings.diagnostics_top_hubs,
     )
     return _out(diag)

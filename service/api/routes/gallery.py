@@ -106,13 +106,19 @@ def _changed(runtime: Runtime, result: ChangeResult) -> dict:
         "inserted": result.inserted,
         "updated": result.updated,
         "deleted": result.deleted,
+        "warnings": [
+            {"id": w.id, "code": w.code, "bank_occurrence": w.bank_occurrence, "z": w.z}
+            for w in result.warnings
+        ],
     }
 
 
 @_write_route(router.put, "")
 def upsert(body: UpsertRequest, engine: EngineDep, runtime: RuntimeDep) -> dict:
     """Insert or replace a batch of items. All or nothing: on any error the gallery is
-    unchanged. Every affected statistic is updated before the change becomes visible."""
+    unchanged. Every affected statistic is updated before the change becomes visible.
+    New items are screened for adversarial hubs: suspects are listed in ``warnings``, or
+    refused (422 ``suspected_hub``) with ``HUBLESS_HUB_POLICY=reject``."""
     embeddings = to_embeddings(
         [item.embedding for item in body.items],
         field="items[].embedding",
