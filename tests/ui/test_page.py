@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from realserver import running_server
 
-from service.settings import DEMO_DIR, Settings
+from service.settings import DEMO_DIR
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
 CHROMIUM = shutil.which("chromium")
@@ -46,9 +46,8 @@ HUB_ID = "injected-hub"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``hubless serve`` on the demo, every read behind the key."""
-    settings = {"api_key": KEY, "auth_reads": "true"}
-    if "hub_policy" in Settings.model_fields:  # upsert screening must let the test's hub in
-        settings["hub_policy"] = "warn"
+    # hub_policy: upsert screening must let the test's planted hub in (and warn)
+    settings = {"api_key": KEY, "auth_reads": "true", "hub_policy": "warn"}
     command = [sys.executable, "-m", "service.cli", "serve"]
     with running_server(command, tmp_path_factory.mktemp("ui-server"), **settings) as url:
         yield url
@@ -129,12 +128,6 @@ def _entry(diag: dict[str, Any], method: str, invgc: bool) -> dict[str, Any]:
     return next(m for m in diag["methods"] if (m["method"], m["invgc"]) == (method, invgc))
 
 
-def _require(diag: dict[str, Any], field: str) -> None:
-    """The hubs branch adds these fields to /diagnostics; without them, steps needing them xfail."""
-    if field not in diag["methods"][0]:
-        pytest.xfail(f"/diagnostics has no {field!r} yet (the hubs helper's contract field)")
-
-
 def _padded(counts: list[int], length: int) -> list[int]:
     return counts + [0] * (length - len(counts))
 
@@ -155,7 +148,6 @@ def test_default_view_draws_raw_and_the_default_method(page: Page, server: str) 
 
     info = httpx.get(f"{server}/info", headers=AUTH).json()
     diag = _diagnostics(server)
-    _require(diag, "occurrence_histogram")
     drawn = page.histogram()
     assert drawn["rendered"]
     assert (drawn["method"], drawn["invgc"]) == (info["default_method"], info["invgc"])
@@ -175,7 +167,6 @@ def test_default_view_draws_raw_and_the_default_method(page: Page, server: str) 
 def test_selecting_a_method_redraws(page: Page, server: str) -> None:
     _login(page, server)
     diag = _diagnostics(server)
-    _require(diag, "occurrence_histogram")
     for method, invgc in (("raw", False), ("csls", False), ("dualdis", True)):
         page.choose(method, invgc)
         drawn = page.histogram()
@@ -237,8 +228,8 @@ def test_probe_form_shows_recall_per_method(page: Page, server: str) -> None:
 def test_an_injected_hub_shows_up_after_the_upsert(page: Page, server: str) -> None:
     _login(page, server)
     page.choose("raw", False)
-    diag = _diagnostics(server)
-    _require(diag, "top_hubs")
+    before = _entry(_diagnostics(server), "raw", False)["top_hubs"]["items"]
+    assert page.hub_ids() == [item["id"] for item in before]
     assert HUB_ID not in page.hub_ids()
     # the direction every query leans to: near all of the bank's queries at once
     bank = np.load(DEMO_DIR / "query_bank.npy").astype(np.float64)
@@ -247,6 +238,7 @@ def test_an_injected_hub_shows_up_after_the_upsert(page: Page, server: str) -> N
     item = {"id": HUB_ID, "embedding": hub.tolist(), "metadata": {"source": "test"}}
     response = httpx.put(f"{server}/gallery", json={"items": [item]}, headers=AUTH)
     assert response.status_code == 200, response.text
+    assert [w["id"] for w in response.json()["warnings"]] == [HUB_ID]  # screened, let in
     page.ready(version=response.json()["version"])  # the page noticed via /info and refetched
     assert page.hub_ids()[0] == HUB_ID
     first = page.tab.locator("#hubs tbody tr").first
