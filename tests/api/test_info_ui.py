@@ -33,7 +33,6 @@ def test_info_describes_the_service(client: TestClient, demo: DemoFiles) -> None
         "encoder": None,
         "auth_reads": False,
     }
-    assert "/info" in client.get("/openapi.json").json()["paths"]
 
 
 def test_info_follows_the_gallery_version(serve: Serve) -> None:
