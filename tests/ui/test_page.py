@@ -111,12 +111,14 @@ def page(browser: Any) -> Iterator[Page]:
     assert not tab.errors, f"script errors on the page: {tab.errors}"
 
 
-def _login(page: Page, url: str) -> None:
-    """Open the page; it meets a 401 and asks for the key, which it keeps for the tab."""
+def _login(page: Page, url: str, *keys: str) -> None:
+    """Open the page; it meets a 401 and asks for the key (again after each wrong one in
+    ``keys``), which it then keeps for the tab."""
     page.tab.goto(f"{url}/ui?poll={POLL_MS}")
-    page.tab.wait_for_selector("#auth", state="visible")
-    page.tab.fill("#auth-key", KEY)
-    page.tab.click("#auth button")
+    for key in (*keys, KEY):
+        page.tab.wait_for_selector("#auth", state="visible")
+        page.tab.fill("#auth-key", key)
+        page.tab.click("#auth button")
     page.ready()
 
 
@@ -133,7 +135,7 @@ def _padded(counts: list[int], length: int) -> list[int]:
 
 
 def test_default_view_draws_raw_and_the_default_method(page: Page, server: str) -> None:
-    _login(page, server)
+    _login(page, server, "a-wrong-key")
     host = server.rstrip("/") + "/"
     outside = [u for u in page.requests if not (u.startswith(host) or u.startswith("data:"))]
     assert not outside, f"requests to other hosts: {outside}"
@@ -191,7 +193,10 @@ def test_probe_form_shows_recall_per_method(page: Page, server: str) -> None:
         json.dumps({"embedding": q.tolist(), "truth_id": t})
         for q, t in zip(queries, truth, strict=True)
     ]
-    page.tab.fill("#probe-input", "\n".join(lines) + "\n\n")
+    upload = {"name": "probes.jsonl", "mimeType": "application/json"}
+    jsonl = ("\n".join(lines) + "\n\n").encode()
+    page.tab.set_input_files("#probe-file", files=[{**upload, "buffer": jsonl}])
+    page.tab.wait_for_function("document.getElementById('probe-input').value.length > 0")
     page.tab.click("#probe button[type=submit]")
     page.tab.wait_for_selector("#probe-results", state="visible")
     rows = page.tab.eval_on_selector_all(
