@@ -186,9 +186,45 @@ class _BankTop:
         """Account for the block ``sims`` (B, N) of item rows ``first_row, …``."""
         if self.k == 1:
             self._update_best(sims, first_row)
+        elif self.idx.shape[1] < self.k:  # not k rows seen yet: every column changes
+            blk_idx, blk_sim = self._block_topk(sims)
+            self.idx, self.sim = merge_topk(
+                self.idx, self.sim, blk_idx + first_row, blk_sim, self.k
+            )
+        else:
+            self._update_above(sims, first_row)
+
+    def _block_topk(self, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each column's top-k of the block, in column chunks on the block threads."""
+        chunks = row_blocks(sims.shape[1], block_rows(sims.shape[0], sims.itemsize, CHUNK_BYTES))
+        parts = parallel_map(
+            lambda c: topk_desc(np.ascontiguousarray(sims[:, c].T), self.k), chunks
+        )
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _update_above(self, sims: np.ndarray, first_row: int) -> None:
+        """k > 1 once k rows are in: only entries above a column's current k-th best can enter
+        it (a tie keeps the earlier, lower row), and after the first blocks those are few
+        (about k·B/rows seen per column), so one comparison pass replaces a partition of the
+        whole block. The candidates are ranked per column and merged into those columns only."""
+        rows, cols = np.nonzero(sims > self.sim[:, -1])
+        if not rows.size:
             return
-        blk_idx, blk_sim = topk_desc(np.ascontiguousarray(sims.T), self.k)
-        self.idx, self.sim = merge_topk(self.idx, self.sim, blk_idx + first_row, blk_sim, self.k)
+        vals = sims[rows, cols]
+        order = np.lexsort((rows, -vals, cols))  # by column, best first, lower row on ties
+        rows, cols, vals = rows[order], cols[order], vals[order]
+        starts = np.flatnonzero(np.r_[True, cols[1:] != cols[:-1]])
+        rank = np.arange(cols.size) - np.repeat(starts, np.diff(np.r_[starts, cols.size]))
+        keep = rank < self.k  # a column's k best candidates are all it can take
+        touched = cols[starts]
+        at = np.searchsorted(touched, cols[keep])
+        cand_idx = np.zeros((touched.size, self.k), np.int64)
+        cand_sim = np.full((touched.size, self.k), -np.inf, self.sim.dtype)  # never chosen:
+        cand_idx[at, rank[keep]] = rows[keep] + first_row  # each column has k real entries
+        cand_sim[at, rank[keep]] = vals[keep]
+        self.idx[touched], self.sim[touched] = merge_topk(
+            self.idx[touched], self.sim[touched], cand_idx, cand_sim, self.k
+        )
 
     def _update_best(self, sims: np.ndarray, first_row: int) -> None:
         """k = 1: a column maximum (one cache-friendly pass); the argmax only where it improves."""

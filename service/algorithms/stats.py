@@ -101,10 +101,25 @@ class BankTopK:
 
     def merge(self, batch: BankTopK, first_row: int) -> BankTopK:
         """Account for a batch appended at rows ``first_row, …``, given the batch's own top-k
-        (rows numbered from 0 within the batch, at least as wide): O(N·k), no similarity."""
+        (rows numbered from 0 within the batch, at least as wide): no similarity needed.
+
+        Only the bank items whose k-th best the batch beats are re-ranked (a tie keeps the
+        existing, lower row, as a fresh build would): O(N) plus O(changed·k log k)."""
         if batch.k < self.k:
             raise ValueError(f"a batch top-{batch.k} cannot update a top-{self.k} state")
-        idx, sim = merge_topk(self.idx, self.sim, batch.idx + first_row, batch.sim, self.k)
+        if self.idx.shape[1] < self.k or batch.idx.shape[1] == 0:  # still filling up (or no-op)
+            idx, sim = merge_topk(self.idx, self.sim, batch.idx + first_row, batch.sim, self.k)
+            return BankTopK(idx, sim, self.k, self.active)
+        changed = np.flatnonzero(batch.sim[:, 0] > self.sim[:, -1])
+        idx, sim = self.idx.copy(), self.sim.copy()
+        if changed.size:
+            idx[changed], sim[changed] = merge_topk(
+                self.idx[changed],
+                self.sim[changed],
+                batch.idx[changed] + first_row,
+                batch.sim[changed],
+                self.k,
+            )
         return BankTopK(idx, sim, self.k, self.active)
 
     def remove(self, keep: np.ndarray, gallery: np.ndarray, bank: np.ndarray) -> BankTopK:
