@@ -39,7 +39,7 @@ FLAGS = [
 KEY = "ui-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 POLL_MS = 300
-TIMEOUT_MS = 30_000
+TIMEOUT_MS = 60_000  # generous: CI machines may be busy
 HUB_ID = "injected-hub"
 
 
@@ -196,7 +196,8 @@ def test_probe_form_shows_recall_per_method(page: Page, server: str) -> None:
     upload = {"name": "probes.jsonl", "mimeType": "application/json"}
     jsonl = ("\n".join(lines) + "\n\n").encode()
     page.tab.set_input_files("#probe-file", files=[{**upload, "buffer": jsonl}])
-    page.tab.wait_for_function("document.getElementById('probe-input').value.length > 0")
+    # (not wait_for_function: its polling evaluates a string, which the page's CSP forbids)
+    sync_api.expect(page.tab.locator("#probe-input")).to_have_value(jsonl.decode())
     page.tab.click("#probe button[type=submit]")
     page.tab.wait_for_selector("#probe-results", state="visible")
     rows = page.tab.eval_on_selector_all(
