@@ -204,7 +204,8 @@ function viewName(invgc) {
 
 function renderStatus() {
   const { info, diag } = state;
-  $("gallery-size").textContent = `${(diag || info || {}).gallery_size ?? NA} items`;
+  const size = (diag || info || {}).gallery_size;
+  $("gallery-size").textContent = size === undefined ? NA : `${size} items`;
   $("gallery-version").textContent = String((diag || {}).version ?? (info || {}).gallery_version ?? NA);
   const any = diag && diag.methods && diag.methods[0];
   $("probes").textContent = any
