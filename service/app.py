@@ -18,7 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from service import __version__
 from service.api.errors import install_error_handlers
 from service.api.middleware import BodyLimitMiddleware, ObservabilityMiddleware
-from service.api.routes import diagnostics, gallery, operations, search
+from service.api.routes import diagnostics, gallery, info, operations, search, ui
 from service.api.runtime import Runtime
 from service.engine import Engine
 from service.engine.startup import load_engine
@@ -73,7 +73,7 @@ def create_app(
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    for module in (search, gallery, diagnostics, operations):
+    for module in (search, gallery, diagnostics, operations, info, ui):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     if settings.cors_origins:

@@ -4,9 +4,7 @@ ASGITransport) and against a real uvicorn process: results, changes, and errors 
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -18,6 +16,7 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from realserver import running_server
 
 from service.api.models import ChangeResponse, GalleryPage, Readiness, SearchResponse
 from service.app import create_app
@@ -203,44 +202,12 @@ def test_connection_error() -> None:
 # --- a real server ---------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``uvicorn service.app:app`` on 127.0.0.1 and a free port, on the demo data."""
-    port = _free_port()
-    data = tmp_path_factory.mktemp("server")
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("HUBLESS_")},
-        "HUBLESS_DATA_DIR": str(data),
-        "HUBLESS_LOG_LEVEL": "WARNING",
-    }
-    cmd = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1"]
-    log = (data / "server.log").open("wb")
-    process = subprocess.Popen(
-        [*cmd, "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with HublessClient(url) as client:
-            try:
-                client.wait_ready(timeout=60)
-            except NotReadyError:
-                log.flush()
-                raise RuntimeError((data / "server.log").read_text()[-2000:]) from None
+    command = [sys.executable, "-m", "uvicorn", "service.app:app"]
+    with running_server(command, tmp_path_factory.mktemp("server")) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 def test_real_server_search_upsert_delete_errors(server: str) -> None:

@@ -271,6 +271,23 @@ class Readiness(BaseModel):
     version: int | None = None
 
 
+class Info(BaseModel):
+    """What the service is; cheap enough to poll (no diagnostics computed)."""
+
+    name: str
+    version: str = Field(description="hubless package version")
+    dim: int = Field(description="Embedding dimension")
+    methods: list[Method] = Field(description="Methods a search may name")
+    default_method: Method
+    invgc: bool = Field(description="Whether the InvGC gallery is built (HUBLESS_INVGC)")
+    gallery_size: int
+    gallery_version: int = Field(description="Changes on every gallery change")
+    encoder: str | None = Field(
+        None, description="Text encoder for `texts` queries; null: embeddings only"
+    )
+    auth_reads: bool = Field(description="Whether reads need the API key (HUBLESS_AUTH_READS)")
+
+
 class ErrorBody(BaseModel):
     status: int
     code: str

@@ -75,6 +75,7 @@ ROUTES = {
     ("/diagnostics", "post"): ("DiagnosticsRequest", "DiagnosticsResponse"),
     ("/healthz", "get"): (None, "Health"),
     ("/readyz", "get"): (None, "Readiness"),
+    ("/info", "get"): (None, "Info"),
     ("/metrics", "get"): (None, None),
     ("/admin/snapshot", "post"): (None, "Readiness"),
 }

@@ -1,0 +1,1 @@
+"""The diagnostics page (/ui) in a real browser."""
