@@ -7,7 +7,9 @@ surrogates, a byte-order mark and numbers that overflow a double, all of which `
 So a body orjson refuses is parsed again by ``json``, which accepts it or raises the very error
 clients always got. The one thing orjson reads *differently* is an integer beyond 64 bits (it
 returns a float): bodies with an integer of 19+ digits go straight to ``json``. Validation
-(pydantic, the OpenAPI schema, every 4xx message) is untouched.
+(pydantic, the OpenAPI schema, every 4xx message) is untouched. Nesting too deep for the parser
+(orjson stops at 1024 levels, ``json`` at the recursion limit) is a JSON error (400), never a
+RecursionError (500).
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ def parse_json(body: bytes) -> Any:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
             pass  # maybe valid for json (NaN, BOM, …); if not, json raises the usual error
-    return json.loads(body)
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise json.JSONDecodeError("nesting too deep to parse", "", 0) from None
 
 
 class OrjsonResponse(JSONResponse):

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.settings import Method
 
@@ -71,15 +70,8 @@ class GalleryItemIn(Strict):
     embedding: Vector = Field(description="The item's embedding (L2-normalised on entry)")
     metadata: dict[str, Any] | None = Field(None, description="Any JSON object, returned as is")
 
-    @field_validator("metadata")
-    @classmethod
-    def _json_compliant(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        # NaN/Infinity literals parse, but could only be returned as null: not "as is"
-        try:
-            json.dumps(value, allow_nan=False)
-        except ValueError:
-            raise ValueError("must not contain NaN or infinity (JSON has neither)") from None
-        return value
+    # NaN/Infinity literals parse, but could only be returned as null: not "as is". That,
+    # depth, size and UTF-8 are checked (iteratively) by service.api.limits.check_items
 
 
 class UpsertRequest(Strict):

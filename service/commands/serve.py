@@ -18,9 +18,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    import functools
+
     import uvicorn
 
     from service.app import create_app
+    from service.engine.persistence import StoreDamaged
+    from service.engine.startup import load_engine, open_store
     from service.settings import Settings, unknown_variables
 
     in_file, in_environment = unknown_variables(args.env_file)
@@ -31,6 +35,15 @@ def serve(args: argparse.Namespace) -> int:
         print(f"hubless serve: ignoring unknown variables {in_environment}", file=sys.stderr)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = Settings(_env_file=args.env_file, **overrides)  # type: ignore[call-arg]
+    loader = load_engine
+    try:  # before listening: a damaged store stops the process (the precompute comes later)
+        loader = functools.partial(load_engine, opened=open_store(settings))
+    except StoreDamaged as exc:
+        print(f"hubless serve: {exc}", file=sys.stderr)
+        return 3
+    except (OSError, ValueError):
+        pass  # unreadable input files: the loader reports them on /readyz and in the log
+    app = create_app(settings, loader=loader)
     # one process, threads for concurrency: searches share the in-memory gallery (README)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
     return 0
