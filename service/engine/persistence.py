@@ -50,6 +50,13 @@ from service.engine.state import Metadata
 log = logging.getLogger(__name__)
 
 DB_NAME = "gallery.sqlite3"
+#: Written next to a new database, so that a database deleted on its own is noticed (a store
+#: directory that is not empty but has no database is refused, not silently started afresh).
+MARKER_NAME = "STORE"
+MARKER_TEXT = (
+    "This directory holds a hubless gallery store: gallery.sqlite3 is its database. Without it\n"
+    "the service refuses to start; `hubless repair` starts a new store from what is left.\n"
+)
 #: Bump when the tables or the checksums change (a newer store is refused, not misread).
 FORMAT = 1
 TMP_PREFIX = ".tmp-"
@@ -318,8 +325,8 @@ def _read(conn: sqlite3.Connection, path: Path) -> Contents:
         snapshot = _read_snapshot(conn, path, head) if head.snapshot_items >= 0 else None
     except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed", …
         raise StoreDamaged(path, f"SQLite: {exc}") from None
-    except (ValueError, TypeError, KeyError) as exc:  # a row that decodes to nonsense
-        raise StoreDamaged(path, f"undecodable row: {exc}") from None
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # rows decoding to nonsense
+        raise StoreDamaged(path, f"undecodable row: {type(exc).__name__}: {exc}") from None
     return Contents(head, snapshot, changes, size)
 
 
@@ -406,8 +413,18 @@ class GalleryStore:
                 raise StoreDamaged(self.path, f"the file is missing, the directory holds {found}")
             else:
                 self._create_from(None, [])
-        self._conn = _connect(self.path)
-        contents = _read(self._conn, self.path)
+        marker = self.directory / MARKER_NAME
+        if not marker.exists():
+            marker.write_text(MARKER_TEXT, encoding="utf-8")
+        try:
+            self._conn = _connect(self.path)
+            contents = _read(self._conn, self.path)
+        except StoreDamaged:
+            self.close()
+            raise
+        except Exception as exc:  # damage fails in many ways ("not a database", bad UTF-8…)
+            self.close()
+            raise StoreDamaged(self.path, f"{type(exc).__name__}: {exc}") from None
         self._head, self._pending_bytes = contents.head, contents.change_bytes
         return contents.snapshot, [change for _, change in contents.changes]
 
@@ -470,3 +487,115 @@ class GalleryStore:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+# --- salvage (``hubless repair``) -------------------------------------------------------------
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+@dataclass
+class Salvaged:
+    """What could be read intact from a damaged store (rows failing their checksum are lost)."""
+
+    head: Head | None
+    items: dict[int, tuple[str, Metadata, np.ndarray]]  # snapshot row -> id, metadata, vector
+    changes: dict[int, Change]  # seq -> change
+    lost_items: list[int]  # snapshot rows that could not be read intact
+    lost_changes: list[int]  # seqs that could not be read intact
+    problems: list[str]
+
+
+def _rows(conn: sqlite3.Connection, table: str, key: str, expected: range) -> dict[int, tuple]:
+    """Rows by key: a full scan, or one lookup per expected key where the scan breaks."""
+    found: dict[int, tuple] = {}
+    try:
+        for row in conn.execute(f"SELECT * FROM {table} ORDER BY {key}"):
+            found[row[0]] = row
+        return found
+    except sqlite3.DatabaseError:
+        pass
+    for number in expected:
+        if number in found:
+            continue
+        try:
+            row = conn.execute(f"SELECT * FROM {table} WHERE {key} = ?", (number,)).fetchone()
+        except sqlite3.DatabaseError:
+            continue
+        if row is not None:
+            found[number] = row
+    return found
+
+
+def salvage(path: Path, workdir: Path) -> Salvaged:
+    """Read every intact row of the store at ``path`` (never modified: a copy in ``workdir`` is
+    read, its SQLite header magic restored if that is what was hit)."""
+    copy = workdir / "salvage.sqlite3"
+    data = bytearray(path.read_bytes())
+    problems = []
+    if data[: len(SQLITE_MAGIC)] != SQLITE_MAGIC:
+        data[: len(SQLITE_MAGIC)] = SQLITE_MAGIC
+        problems.append("the SQLite header was damaged (restored in the copy read)")
+    copy.write_bytes(bytes(data))
+    journal = path.with_name(path.name + "-journal")
+    if journal.exists():
+        copy.with_name(copy.name + "-journal").write_bytes(journal.read_bytes())
+    conn = sqlite3.connect(copy, isolation_level=None)
+    try:
+        head = None
+        try:
+            rows = conn.execute("SELECT * FROM head").fetchall()
+            if len(rows) == 1:
+                _, _fmt, s_seq, s_items, s_digest, h_seq, check = rows[0]
+                candidate = Head(s_seq, s_items, bytes(s_digest), h_seq)
+                if bytes(check) == candidate.checksum():
+                    head = candidate
+        except sqlite3.DatabaseError as exc:
+            problems.append(f"head row unreadable: {exc}")
+        if head is None:
+            problems.append("the head row is damaged: counts and sequence numbers unknown")
+        n_items = head.snapshot_items if head else 0
+        item_rows = _rows(conn, "items", "row", range(max(0, n_items)))
+        items, lost_items = {}, []
+        for number in range(max([n_items - 1, *item_rows]) + 1):
+            row = item_rows.get(number)
+            if row is not None and bytes(row[4]) == _digest("item", *row[:3], bytes(row[3])):
+                try:
+                    vector = np.frombuffer(bytes(row[3]), dtype="<f4").astype(np.float32)
+                    items[number] = (row[1], json.loads(row[2]), vector)
+                    continue
+                except ValueError:
+                    pass
+            lost_items.append(number)
+        first = head.snapshot_seq + 1 if head else 1
+        last = head.head_seq if head else 0
+        change_rows = _rows(conn, "changes", "seq", range(first, last + 1))
+        changes, lost_changes = {}, []
+        for seq in range(min([first, *change_rows]), max([last, *change_rows]) + 1):
+            row = change_rows.get(seq)
+            if row is not None and bytes(row[6]) == _digest("change", *row[:5], bytes(row[5])):
+                try:
+                    changes[seq] = _decode_change(row[1], row[2], row[3], row[4], bytes(row[5]))
+                    continue
+                except (ValueError, TypeError, KeyError):
+                    pass
+            lost_changes.append(seq)
+    finally:
+        conn.close()
+    return Salvaged(head, items, changes, lost_items, lost_changes, problems)
+
+
+def replace_store(directory: Path, snapshot: Snapshot, suffix: str) -> Path:
+    """Write a new store holding ``snapshot`` and move the old file (and journal) aside to
+    ``<name>.<suffix>``; returns where the old file went."""
+    path = directory / DB_NAME
+    tmp = directory / f"{TMP_PREFIX}repair-{DB_NAME}"
+    tmp.unlink(missing_ok=True)
+    _create(tmp, snapshot)
+    aside = path.with_name(f"{DB_NAME}.{suffix}")
+    for name in (DB_NAME, f"{DB_NAME}-journal"):
+        if (directory / name).exists():
+            os.replace(directory / name, directory / name.replace(DB_NAME, aside.name))
+    os.replace(tmp, path)
+    _fsync(directory)
+    return aside
