@@ -11,7 +11,7 @@ from service.api.convert import to_embeddings
 from service.api.errors import error_responses
 from service.api.jsonio import OrjsonRoute
 from service.api.limits import check_hits
-from service.api.models import DiagnosticsRequest, DiagnosticsResponse
+from service.api.models import DiagnosticsRequest, DiagnosticsResponse, checked_vectors
 from service.api.runtime import EngineDep, Runtime, RuntimeDep, require_read
 from service.engine import Diagnostics, Engine, diagnose, probe_sample
 
@@ -96,15 +96,15 @@ async def diagnostics_with_probes(
     """The same figures for the caller's own probe queries; with ``truth_ids`` also R@k,
     median/mean rank and MRR."""
     k = _checked_k(body.k, runtime)
-    check_hits(len(body.queries), k, runtime.settings, what="probes")
+    count = len(body.queries) if isinstance(body.queries, list) else 1
+    check_hits(count, k, runtime.settings, what="probes")
     return await runtime.heavy.run(_diagnose_probes, body, k, engine, runtime)
 
 
 def _diagnose_probes(body: DiagnosticsRequest, k: int, engine: Engine, runtime: Runtime) -> dict:
     settings = runtime.settings
-    probes = to_embeddings(
-        body.queries, field="queries", dim=engine.dim, limit=settings.max_queries
-    )
+    rows = checked_vectors(body.queries, "queries")
+    probes = to_embeddings(rows, field="queries", dim=engine.dim, limit=settings.max_queries)
     if body.truth_ids is not None and len(body.truth_ids) != probes.shape[0]:
         expected = f"expected {probes.shape[0]} ids (one per query), got {len(body.truth_ids)}"
         raise InputError("truth_ids", expected)

@@ -36,7 +36,7 @@ async def search(body: SearchRequest, engine: EngineDep, runtime: RuntimeDep) ->
     k = body.k if body.k is not None else DEFAULT_K
     if k + body.offset > settings.max_k:
         raise InputError("k", f"k + offset = {k + body.offset} exceeds the limit {settings.max_k}")
-    check_hits(len(body.batch()), k + body.offset, settings)
+    check_hits(body.size, k + body.offset, settings)
     return await runtime.heavy.run(_search, body, k, engine, runtime)
 
 
