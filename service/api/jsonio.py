@@ -39,6 +39,7 @@ _LONG_INTEGER = re.compile(rb"(?<![.\d])\d{19}")
 #: a quote or an array bracket (strings are skipped whole: brackets in them are text)
 _STRUCTURE = re.compile(rb'["\[\]]')
 _SEPARATOR = re.compile(rb"\s*,?\s*")
+TOO_DEEP = "it nests too deep to parse (metadata may nest HUBLESS_MAX_METADATA_DEPTH levels)"
 #: bytes parsed per piece (a few ms of holding the GIL), and the least worth splitting
 PIECE_BYTES = 256 * 1024
 
@@ -55,7 +56,7 @@ def parse_json(body: bytes) -> Any:
     try:
         return json.loads(body)
     except RecursionError:
-        raise json.JSONDecodeError("nesting too deep to parse", "", 0) from None
+        raise json.JSONDecodeError(TOO_DEEP, "", 0) from None
 
 
 def _string_end(body: bytes, quote: int) -> int:
