@@ -74,8 +74,9 @@ class Runtime:
         self.heavy = HeavyPool(self.settings.heavy_concurrency, self.settings.heavy_queue)
 
     async def diagnostics(self, key: Hashable, compute: Callable[[], Diagnostics]) -> Diagnostics:
-        """Cached by ``key`` (gallery version first); identical requests in flight share one
-        computation (single flight) instead of each taking a worker."""
+        """Cached by ``key``, a tuple whose first item is the gallery version the result must
+        be of; identical requests in flight share one computation (single flight) instead of
+        each taking a worker."""
         if key in self.diagnostics_cache:
             self.diagnostics_cache.move_to_end(key)
             return self.diagnostics_cache[key]
@@ -91,6 +92,8 @@ class Runtime:
         if task.cancelled() or task.exception() is not None:
             return
         diag = task.result()
+        if key[0] != diag.version:  # type: ignore[index]  # the gallery changed meanwhile
+            return
         cache = self.diagnostics_cache
         for old in [k for k, d in cache.items() if d.version != diag.version]:
             del cache[old]
