@@ -19,7 +19,7 @@ from service.engine import cache
 from service.engine.changes import Change
 from service.engine.engine import Engine
 from service.engine.loading import DataError, file_digest, load_embeddings, load_ids
-from service.engine.persistence import GalleryStore, Snapshot
+from service.engine.persistence import GalleryStore, Snapshot, StorageError
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,10 @@ def load_engine(settings: Settings, opened: OpenedStore | None = None) -> Engine
         engine.apply(change, record=False)
     engine.attach_store(store)
     if store.due_for_compaction:  # a long log replayed now would be replayed at every start
-        engine.compact()
+        try:
+            engine.compact()
+        except StorageError as exc:  # the log still holds everything: serve, compact later
+            log.warning("compaction at startup failed", extra={"error": str(exc)})
     log.info(
         "engine ready",
         extra={
