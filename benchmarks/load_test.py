@@ -53,6 +53,7 @@ SURVEY_LIMITS = {
     "HUBLESS_MAX_QUERIES": "64",
     "HUBLESS_MAX_UPSERT": "64",
     "HUBLESS_MAX_K": "100",
+    "HUBLESS_MAX_HITS": "5000",
 }
 
 
@@ -455,6 +456,20 @@ def bad_inputs(dim: int, known_id: str) -> list[BadInput]:
             f"diagnostics: {name}", "POST", "/diagnostics", expect, {"queries": [v]} | body
         )
 
+    def with_metadata(raw_metadata: bytes) -> bytes:
+        """An upsert body with this metadata, as raw JSON."""
+        vector = b"[0.1" + rest[:-2] + b"]"
+        return (
+            b'{"items": [{"id": "odd", "embedding": '
+            + vector
+            + b', "metadata": '
+            + (raw_metadata + b"}]}")
+        )
+
+    def nested(depth: int) -> bytes:
+        """An upsert whose metadata nests ``depth`` levels (objects in objects)."""
+        return with_metadata(b'{"a": ' * (depth - 1) + b"{}" + b"}" * (depth - 1))
+
     return [
         search("wrong dimension", 422, {"query": v[:-1]}),
         search("ragged batch", 422, {"queries": [v, v[:-1]]}),
@@ -473,6 +488,7 @@ def bad_inputs(dim: int, known_id: str) -> list[BadInput]:
         search("unknown method", 422, {"query": v, "method": "bm25"}),
         search("misspelt field", 422, {"query": v, "metod": "raw"}),
         search("too many queries", 422, {"queries": [v] * 65}),
+        search("queries × k above HUBLESS_MAX_HITS", 422, {"queries": [v] * 64, "k": 100}),
         search("malformed JSON", 400, raw=b'{"query": [0.1,'),
         search("body not an object", 422, raw=b"[]"),
         search("empty body", 422, raw=b""),
@@ -490,6 +506,16 @@ def bad_inputs(dim: int, known_id: str) -> list[BadInput]:
         upsert("id with a line break", 422, item | {"id": "a\nb"}),
         upsert("id with a NUL character", 422, item | {"id": "a\u0000"}),
         upsert("metadata not an object", 422, item | {"metadata": [1]}),
+        upsert("metadata nested 33 deep", 422, raw=nested(33)),
+        upsert("metadata nested 950 deep", 422, raw=nested(950)),
+        upsert("metadata nested 5000 deep", 400, raw=nested(5000)),
+        upsert("lone surrogate in metadata", 422, raw=with_metadata(b'{"x": "\\udfff"}')),
+        upsert("lone surrogate in a metadata key", 422, raw=with_metadata(b'{"\\ud800": 1}')),
+        upsert(
+            "metadata over HUBLESS_MAX_METADATA_BYTES",
+            422,
+            item | {"metadata": {"text": "x" * (64 * 1024)}},
+        ),
         upsert("over HUBLESS_MAX_UPSERT", 422, *(item | {"id": f"i{i}"} for i in range(65))),
         upsert("no API key", 401, item, authorised=False),
         upsert("wrong API key", 401, item, headers={"authorization": "Bearer wrong"}),
@@ -514,6 +540,13 @@ def bad_inputs(dim: int, known_id: str) -> list[BadInput]:
         diagnose("truth_ids of the wrong length", 422, truth_ids=[]),
         diagnose("unknown truth id", 404, truth_ids=["no-such-id"]),
         diagnose("unknown method", 422, methods=["bm25"]),
+        BadInput(
+            "diagnostics: probes × k above HUBLESS_MAX_HITS",
+            "POST",
+            "/diagnostics",
+            422,
+            {"queries": [v] * 64, "k": 100},
+        ),
     ]
 
 

@@ -17,10 +17,15 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
 from service.api.errors import install_error_handlers
-from service.api.middleware import BodyLimitMiddleware, ObservabilityMiddleware
+from service.api.middleware import (
+    BodyLimitMiddleware,
+    ObservabilityMiddleware,
+    ReadAuthMiddleware,
+)
 from service.api.routes import diagnostics, gallery, info, operations, search, ui
 from service.api.runtime import Runtime
 from service.engine import Engine
+from service.engine.persistence import StoreDamaged
 from service.engine.startup import load_engine
 from service.logs import configure_logging
 from service.settings import Settings
@@ -36,6 +41,10 @@ def _start(runtime: Runtime, loader: Callable[[Settings], Engine]) -> None:
     started = time.perf_counter()
     try:
         engine = loader(runtime.settings)
+    except StoreDamaged as exc:  # one clear line: which file, what to do
+        log.error(str(exc))
+        runtime.status, runtime.error = "failed", str(exc)
+        return
     except Exception as exc:  # reported on /readyz and in the log; the process stays up
         log.exception("startup failed")
         runtime.status, runtime.error = "failed", f"{type(exc).__name__}: {exc}"
@@ -75,6 +84,8 @@ def create_app(
     install_error_handlers(app)
     for module in (search, gallery, diagnostics, operations, info, ui):
         app.include_router(module.router)
+    if settings.auth_reads:
+        app.add_middleware(ReadAuthMiddleware, settings=settings)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(

@@ -1,9 +1,9 @@
 """Command-line entry point: ``hubless <command>``.
 
 Each command lives next to the code it drives and registers itself here, so this module stays a
-thin dispatcher: ``serve`` (the HTTP service), ``build-dataset`` (real embeddings from WordNet),
-``evaluate`` and ``tune`` (retrieval quality and hubness on a dataset), ``export`` (the
-bias-augmented gallery to Parquet or Milvus).
+thin dispatcher: ``serve`` (the HTTP service), ``repair`` (a damaged gallery store),
+``build-dataset`` (real embeddings from WordNet), ``evaluate`` and ``tune`` (retrieval
+quality and hubness on a dataset), ``export`` (the bias-augmented gallery to Parquet or Milvus).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Sequence
 # parsers set ``func`` to a callable taking the parsed namespace and returning an exit code.
 COMMAND_MODULES = (
     "service.commands.serve",
+    "service.commands.repair",
     "service.datasets.commands",
     "service.evaluation.commands",
     "service.export.commands",

@@ -90,7 +90,11 @@ class Settings(BaseSettings):
     max_upsert: int = Field(10_000, ge=1, description="Most items in one gallery change")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest request body")
     api_key: SecretStr | None = Field(None, description="If set, required for gallery writes")
-    auth_reads: bool = Field(False, description="Also require the API key for reads")
+    auth_reads: bool = Field(
+        False,
+        description="Also require the API key for every read (/metrics and /docs included); "
+        "only /healthz, /readyz (its status alone) and the data-free /ui page stay open",
+    )
     cors_origins: list[str] = Field(default_factory=list, description="CORS origins (off: [])")
     log_level: str = Field("INFO", description="Log level")
     log_json: bool = Field(True, description="JSON log lines (false: human-readable)")
@@ -122,6 +126,29 @@ class Settings(BaseSettings):
         "warn",
         description="Suspected hubs on upsert: 'warn' (listed in the response) or 'reject' "
         "(422, nothing changed)",
+    )
+
+    # --- durability and abuse limits (issue 14) ---------------------------------------------
+    max_metadata_depth: int = Field(
+        32, ge=1, description="Deepest nesting of an item's metadata (objects and lists)"
+    )
+    max_metadata_bytes: int = Field(
+        64 * 1024, ge=2, description="Largest metadata of one item, as compact JSON (bytes)"
+    )
+    max_hits: int = Field(
+        100_000, ge=1, description="Most hits per request: queries × (k + offset), probes × k"
+    )
+    heavy_concurrency: int = Field(
+        2, ge=1, description="Searches and diagnostics computed at once (the rest queue)"
+    )
+    heavy_queue: int = Field(
+        64, ge=0, description="Searches and diagnostics that may wait; beyond it: 503"
+    )
+    compact_changes: int = Field(
+        1000, ge=1, description="Snapshot the gallery once this many changes are logged"
+    )
+    compact_bytes: int = Field(
+        256 * 1024 * 1024, ge=1, description="… or once the logged changes take this many bytes"
     )
 
     @model_validator(mode="after")

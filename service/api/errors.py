@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.algorithms import InputError
 from service.backends.base import BackendUnavailable
 from service.engine.engine import SuspectedHubError
+from service.engine.persistence import StorageError
 from service.engine.state import UnknownIdError
 from service.logs import request_id
 
@@ -101,6 +102,14 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("backend unavailable", extra={"error": str(exc)})
         message = f"search backend unavailable, nothing was changed; retry later ({exc})"
         return error_response(503, "backend_unavailable", message, headers={"Retry-After": "5"})
+
+    @app.exception_handler(StorageError)
+    async def _storage_error(_: Request, exc: StorageError) -> JSONResponse:
+        log.error("gallery change not stored", extra={"error": str(exc)})
+        if exc.full:
+            return error_response(507, "insufficient_storage", str(exc))
+        message = f"{exc}; nothing was changed, retry later"
+        return error_response(503, "storage_unavailable", message, headers={"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,4 +1,5 @@
-"""ASGI middleware: request ids, access log and metrics; the request body size limit."""
+"""ASGI middleware: request ids, access log and metrics; the request body size limit; the API
+key on every read with ``HUBLESS_AUTH_READS``."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import logging
 import time
 import uuid
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import error_response
+from service.api.errors import ApiError, error_response
 from service.api.metrics import Metrics
+from service.api.runtime import check_key, is_public
 from service.logs import request_id
+from service.settings import Settings
 
 log = logging.getLogger("service.access")
 
@@ -59,6 +63,29 @@ class BodyLimitMiddleware:
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = f"request body exceeds the limit of {self.limit} bytes (HUBLESS_MAX_BODY_BYTES)"
         await error_response(413, "body_too_large", message)(scope, receive, send)
+
+
+class ReadAuthMiddleware:
+    """With ``HUBLESS_AUTH_READS``: the API key on every request, whatever route answers it
+    (``/metrics``, ``/docs``, ``/openapi.json`` and unknown paths included), except
+    :func:`~service.api.runtime.is_public` paths and CORS preflights (browsers send no key)."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and not is_public(scope["path"])
+            and scope["method"] != "OPTIONS"
+        ):
+            try:
+                check_key(Request(scope), self.settings)
+            except ApiError as exc:
+                response = error_response(exc.status, exc.code, exc.message, None, exc.headers)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class ObservabilityMiddleware:

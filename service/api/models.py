@@ -2,15 +2,42 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from fastapi.exceptions import RequestValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 
 from service.settings import Method
 
 #: strict: JSON numbers only (lax mode would turn "0.5" and true into 0.5 and 1.0)
 Vector = list[Annotated[float, Field(strict=True)]]
+_VECTOR, _VECTORS = TypeAdapter(Vector), TypeAdapter(list[Vector])
+#: The query vectors of searches and diagnostics: documented as (lists of) ``Vector`` but
+#: validated by :func:`checked_vectors` in the worker thread, since validating 1024 × 384
+#: numbers holds the event loop (and so the probes) for tens of milliseconds.
+LaterVector = Annotated[Any, WithJsonSchema(_VECTOR.json_schema())]
+LaterVectors = Annotated[Any, WithJsonSchema(_VECTORS.json_schema())]
+LaterProbes = Annotated[Any, WithJsonSchema(_VECTORS.json_schema() | {"minItems": 1})]
+
+
+def checked_vectors(value: Any, field: str, *, single: bool = False) -> list[list[float]]:
+    """``value`` validated as ``Vector`` (``single``) or ``list[Vector]``, as a list of rows;
+    errors are the request's usual 422, located at ``field``."""
+    try:
+        if single:
+            return [_VECTOR.validate_python(value)]
+        return _VECTORS.validate_python(value)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", field, *e["loc"])} for e in exc.errors()]
+        raise RequestValidationError(errors) from None
 
 
 class Strict(BaseModel):
@@ -23,10 +50,10 @@ class Strict(BaseModel):
 
 
 class SearchRequest(Strict):
-    queries: list[Vector] | None = Field(
+    queries: LaterVectors | None = Field(
         None, description="Query embeddings, one list per query (any scale; L2-normalised here)"
     )
-    query: Vector | None = Field(None, description="A single query (instead of `queries`)")
+    query: LaterVector | None = Field(None, description="A single query (instead of `queries`)")
     k: int | None = Field(None, ge=1, description="Results per query (default 10)")
     method: Method | None = Field(None, description="Normalisation method (default: configured)")
     offset: int = Field(0, ge=0, description="Skip this many top results (paging)")
@@ -43,8 +70,16 @@ class SearchRequest(Strict):
             raise ValueError("give exactly one of 'queries' (a list of vectors) or 'query'")
         return self
 
-    def batch(self) -> list[Vector]:
-        return self.queries if self.queries is not None else [self.query]  # type: ignore[list-item]
+    def batch(self) -> list[list[float]]:
+        """The queries, validated (call it in the worker thread)."""
+        if self.queries is not None:
+            return checked_vectors(self.queries, "queries")
+        return checked_vectors(self.query, "query", single=True)
+
+    @property
+    def size(self) -> int:
+        """How many queries (before validation: 1 for anything but a list of them)."""
+        return len(self.queries) if isinstance(self.queries, list) else 1
 
 
 class SearchHit(BaseModel):
@@ -71,15 +106,8 @@ class GalleryItemIn(Strict):
     embedding: Vector = Field(description="The item's embedding (L2-normalised on entry)")
     metadata: dict[str, Any] | None = Field(None, description="Any JSON object, returned as is")
 
-    @field_validator("metadata")
-    @classmethod
-    def _json_compliant(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        # NaN/Infinity literals parse, but could only be returned as null: not "as is"
-        try:
-            json.dumps(value, allow_nan=False)
-        except ValueError:
-            raise ValueError("must not contain NaN or infinity (JSON has neither)") from None
-        return value
+    # NaN/Infinity literals parse, but could only be returned as null: not "as is". That,
+    # depth, size and UTF-8 are checked (iteratively) by service.api.limits.check_items
 
 
 class UpsertRequest(Strict):
@@ -150,7 +178,7 @@ class GalleryItemDetail(GalleryItemOut):
 
 
 class DiagnosticsRequest(Strict):
-    queries: list[Vector] = Field(min_length=1, description="Probe query embeddings")
+    queries: LaterProbes = Field(description="Probe query embeddings")
     truth_ids: list[str] | None = Field(
         None, description="True gallery id of each probe, for R@k, ranks and MRR"
     )

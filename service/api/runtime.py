@@ -1,12 +1,24 @@
-"""What the routes receive: the runtime (settings, metrics, engine once ready) and auth checks."""
+"""What the routes receive: the runtime (settings, metrics, engine once ready), the bounded pool
+of heavy work, and auth checks.
+
+Searches and diagnostics run in their own bounded pool (``HUBLESS_HEAVY_CONCURRENCY`` threads,
+at most ``HUBLESS_HEAVY_QUEUE`` waiting, beyond that 503 + Retry-After), never in the thread
+pool every other route shares, and the dependencies below are ``async`` (no thread at all): so
+however much heavy work arrives, ``/healthz`` and ``/readyz`` answer at once.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hmac
-import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, Request
 
 from service.api.errors import ApiError
@@ -15,19 +27,86 @@ from service.engine import Diagnostics, Engine
 from service.settings import Settings
 
 Status = Literal["starting", "ready", "failed"]
+T = TypeVar("T")
+
+#: Paths open without the key even with HUBLESS_AUTH_READS: the kubelet's probes send none
+#: (/readyz then says only whether the service is ready, nothing about the gallery), and the
+#: diagnostics page and its static assets hold no data (the page asks for the key itself).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/ui"})
+PUBLIC_PREFIXES = ("/ui/",)
+
+
+def is_public(path: str) -> bool:
+    """Whether ``path`` is served without the key even with HUBLESS_AUTH_READS."""
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+#: GET /diagnostics results kept (distinct k; entries of older gallery versions are dropped).
+DIAGNOSTICS_CACHE_SIZE = 16
+
+
+class HeavyPool:
+    """A bounded pool for CPU-heavy requests: ``concurrency`` at once, ``queue`` waiting."""
+
+    def __init__(self, concurrency: int, queue: int) -> None:
+        self.concurrency, self.queue = concurrency, queue
+        self._limiter: anyio.CapacityLimiter | None = None  # made in the event loop
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.concurrency)
+        stats = self._limiter.statistics()
+        if stats.borrowed_tokens >= self.concurrency and stats.tasks_waiting >= self.queue:
+            message = (
+                f"busy: {self.concurrency} searches/diagnostics running and {self.queue} waiting "
+                "(HUBLESS_HEAVY_CONCURRENCY, HUBLESS_HEAVY_QUEUE); retry shortly"
+            )
+            raise ApiError(503, "overloaded", message, headers={"Retry-After": "1"})
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)
 
 
 @dataclass
 class Runtime:
-    """The app's mutable shell around the engine: readiness and the diagnostics cache."""
+    """The app's mutable shell around the engine: readiness, the heavy pool and the
+    diagnostics cache (touched only from the event loop, so it needs no lock)."""
 
     settings: Settings
     metrics: Metrics = field(default_factory=Metrics)
     engine: Engine | None = None
     status: Status = "starting"
     error: str | None = None
-    diagnostics_lock: threading.Lock = field(default_factory=threading.Lock)
-    diagnostics_cache: dict[tuple[int, int], Diagnostics] = field(default_factory=dict)
+    heavy: HeavyPool = field(init=False)
+    diagnostics_cache: OrderedDict[Hashable, Diagnostics] = field(default_factory=OrderedDict)
+    _inflight: dict[Hashable, asyncio.Future[Diagnostics]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.heavy = HeavyPool(self.settings.heavy_concurrency, self.settings.heavy_queue)
+
+    async def diagnostics(self, key: Hashable, compute: Callable[[], Diagnostics]) -> Diagnostics:
+        """Cached by ``key``, a tuple whose first item is the gallery version the result must
+        be of; identical requests in flight share one computation (single flight) instead of
+        each taking a worker."""
+        if key in self.diagnostics_cache:
+            self.diagnostics_cache.move_to_end(key)
+            return self.diagnostics_cache[key]
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self.heavy.run(compute))
+            self._inflight[key] = task
+            task.add_done_callback(functools.partial(self._finished, key))
+        return await asyncio.shield(task)
+
+    def _finished(self, key: Hashable, task: asyncio.Future[Diagnostics]) -> None:
+        self._inflight.pop(key, None)
+        if task.cancelled() or task.exception() is not None:
+            return
+        diag = task.result()
+        if key[0] != diag.version:  # type: ignore[index]  # the gallery changed meanwhile
+            return
+        cache = self.diagnostics_cache
+        for old in [k for k, d in cache.items() if d.version != diag.version]:
+            del cache[old]
+        cache[key] = diag
+        while len(cache) > DIAGNOSTICS_CACHE_SIZE:
+            cache.popitem(last=False)
 
     def record_state(self) -> None:
         if self.engine is not None:
@@ -36,14 +115,14 @@ class Runtime:
             self.metrics.gallery_version.set(state.version)
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_engine(runtime: RuntimeDep) -> Engine:
+async def get_engine(runtime: RuntimeDep) -> Engine:
     """The engine, or 503 while the startup precompute runs (never half-built state)."""
     if runtime.engine is None:
         detail = runtime.error if runtime.status == "failed" else "precompute in progress"
@@ -63,8 +142,9 @@ def _presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-def _check_key(request: Request, runtime: Runtime) -> None:
-    expected = runtime.settings.api_key
+def check_key(request: Request, settings: Settings) -> None:
+    """401 unless the request presents the API key (when one is configured)."""
+    expected = settings.api_key
     if expected is None:
         return
     presented = _presented_key(request)
@@ -77,9 +157,9 @@ def _check_key(request: Request, runtime: Runtime) -> None:
         )
 
 
-def require_write(request: Request, runtime: RuntimeDep) -> None:
+async def require_write(request: Request, runtime: RuntimeDep) -> None:
     """Writes need the API key whenever one is configured, and a replica that may write."""
-    _check_key(request, runtime)
+    check_key(request, runtime.settings)
     if runtime.settings.read_only:
         message = (
             "this replica is read-only (HUBLESS_MILVUS_READ_ONLY=true): "
@@ -88,7 +168,9 @@ def require_write(request: Request, runtime: RuntimeDep) -> None:
         raise ApiError(403, "read_only", message)
 
 
-def require_read(request: Request, runtime: RuntimeDep) -> None:
-    """Reads need it only with ``HUBLESS_AUTH_READS=true``."""
+async def require_read(request: Request, runtime: RuntimeDep) -> None:
+    """Reads need it only with ``HUBLESS_AUTH_READS=true`` (which
+    :class:`~service.api.middleware.ReadAuthMiddleware` applies to every path but
+    :data:`PUBLIC_PATHS`, the docs and /metrics included)."""
     if runtime.settings.auth_reads:
-        _check_key(request, runtime)
+        check_key(request, runtime.settings)

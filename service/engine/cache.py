@@ -2,7 +2,10 @@
 
 A restart with the same files and parameters loads the prepared views instead of recomputing
 them. Files are written to a temporary name, fsynced and renamed, so a crash never leaves a
-cache entry that looks complete but is not; an unreadable entry is ignored and rebuilt.
+cache entry that looks complete but is not. Each entry carries a digest of all its arrays, and
+must hold exactly the gallery being served: an entry that is unreadable, fails its digest or
+does not fit is derived data, so it is ignored with a warning and recomputed. Only the current
+entry is kept (every snapshot changes the key; old entries would pile up).
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from service.algorithms import BankTopK, GalleryView, PreparedItems
+from service.engine.persistence import TMP_PREFIX
 
 log = logging.getLogger(__name__)
 
 #: Bump when the layout or the maths of the cached arrays change.
 CACHE_FORMAT = 2
+DIGEST = "digest"
 
 
 def cache_key(data_digest: str, params: dict[str, object]) -> str:
@@ -59,16 +64,26 @@ def _view_from(prefix: str, arrays: dict[str, np.ndarray], sizes: tuple[int, int
     )
 
 
+def _digest(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """BLAKE2b over every array's name, dtype, shape and bytes (as a uint8 array)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+        h.update(array.tobytes())
+    return np.frombuffer(h.digest(), dtype=np.uint8)
+
+
 def save(directory: Path, key: str, prepared: PreparedItems) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     arrays = _view_arrays("original", prepared.original)
     if prepared.adjusted is not None:
         arrays |= _view_arrays("adjusted", prepared.adjusted)
     target = directory / f"{key}.npz"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX, suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
+            np.savez(handle, **arrays, **{DIGEST: _digest(arrays)})
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
@@ -78,16 +93,35 @@ def save(directory: Path, key: str, prepared: PreparedItems) -> Path:
     return target
 
 
-def load(directory: Path, key: str, sizes: tuple[int, int]) -> PreparedItems | None:
+def load(
+    directory: Path, key: str, sizes: tuple[int, int], gallery: np.ndarray
+) -> PreparedItems | None:
+    """The entry for ``key`` if it is intact and holds exactly ``gallery``; None otherwise."""
     path = directory / f"{key}.npz"
     if not path.exists():
         return None
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
+        stored = arrays.pop(DIGEST)
+        if not np.array_equal(stored, _digest(arrays)):
+            raise ValueError("the entry fails its digest")
+        if not np.array_equal(arrays["original_embeddings"], gallery):
+            raise ValueError("the entry holds another gallery")
         original = _view_from("original", arrays, sizes)
         adjusted = _view_from("adjusted", arrays, sizes) if "adjusted_stats" in arrays else None
-    except (OSError, ValueError, KeyError) as exc:
-        log.warning("ignoring unreadable cache entry", extra={"path": str(path), "error": str(exc)})
+    except Exception as exc:  # any damage at all: derived data, recompute it
+        log.warning(
+            "ignoring a damaged or stale precompute cache entry; recomputing it",
+            extra={"path": str(path), "error": f"{type(exc).__name__}: {exc}"},
+        )
         return None
     return PreparedItems(original, adjusted)
+
+
+def keep_only(directory: Path, key: str) -> None:
+    """Delete every cache entry but ``key``'s (and temporary files of interrupted saves)."""
+    for path in directory.glob("*.npz") if directory.is_dir() else []:
+        if path.name != f"{key}.npz":
+            path.unlink(missing_ok=True)
+            log.info("removed an old precompute cache entry", extra={"path": str(path)})

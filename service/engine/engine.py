@@ -110,6 +110,7 @@ class Engine:
         self._backend = backend
         self._store: GalleryStore | None = None
         self._write_lock = threading.Lock()
+        self._compacting = threading.Lock()  # held by the one background compaction
 
     @classmethod
     def from_prepared(
@@ -158,6 +159,21 @@ class Engine:
             state = self._state
             self._store.snapshot(state.ids, state.metadata, state.original.embeddings)
             return state.version
+
+    def _compact_in_background(self) -> None:
+        """Past the store's thresholds: snapshot off the request path (one at a time)."""
+        if not self._compacting.acquire(blocking=False):
+            return
+
+        def run() -> None:
+            try:
+                self.compact()
+            except Exception:  # the log keeps every change; the next threshold retries
+                log.exception("automatic compaction failed")
+            finally:
+                self._compacting.release()
+
+        threading.Thread(target=run, name="compaction", daemon=True).start()
 
     # --- searching ------------------------------------------------------------------------
 
@@ -240,6 +256,8 @@ class Engine:
             if record and self._store is not None:
                 self._store.append(change)
             self._state = state
+            if record and self._store is not None and self._store.due_for_compaction:
+                self._compact_in_background()
             log.info(
                 "gallery changed",
                 extra={

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +16,10 @@ from service.algorithms import Banks, InputError, check_embeddings, prepare_item
 from service.algorithms.scan import scan_progress
 from service.backends import backend_factory
 from service.engine import cache
+from service.engine.changes import Change
 from service.engine.engine import Engine
 from service.engine.loading import DataError, file_digest, load_embeddings, load_ids
-from service.engine.persistence import GalleryStore
+from service.engine.persistence import GalleryStore, Snapshot, StorageError
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,25 +55,56 @@ class ProgressLog:
             )
 
 
-def load_engine(settings: Settings) -> Engine:
-    """Build the engine the settings describe; raises DataError for unusable input files."""
+@dataclass(frozen=True)
+class OpenedStore:
+    """A verified store and what it holds (``hubless serve`` opens it before listening, so a
+    damaged store stops the process with one clear line)."""
+
+    store: GalleryStore
+    snapshot: Snapshot | None
+    changes: list[Change]
+
+
+def store_directory(settings: Settings) -> Path:
+    """Where the store of the configured gallery lives (keyed by the gallery files' digest)."""
+    digest = file_digest(settings.gallery_path(), settings.gallery_ids_path())
+    return settings.data_dir / "galleries" / digest[:32]
+
+
+def open_store(settings: Settings) -> OpenedStore:
+    """Open, migrate or create the gallery's store and verify it; raises StoreDamaged."""
+    store = GalleryStore(
+        store_directory(settings),
+        compact_changes=settings.compact_changes,
+        compact_bytes=settings.compact_bytes,
+    )
+    snapshot, changes = store.recover()
+    return OpenedStore(store, snapshot, changes)
+
+
+def load_engine(settings: Settings, opened: OpenedStore | None = None) -> Engine:
+    """Build the engine the settings describe; raises DataError for unusable input files and
+    StoreDamaged for a store that fails its checks. ``opened``: the store, already opened."""
     started = time.perf_counter()
     gallery_path, ids_path = settings.gallery_path(), settings.gallery_ids_path()
     bq_path, bg_path = settings.bank_paths()
     query_bank = _checked(load_embeddings(bq_path), bq_path)
     gallery_bank = _checked(load_embeddings(bg_path), bg_path, dim=query_bank.shape[1])
     banks = Banks(query_bank, gallery_bank)
-    raw = load_embeddings(gallery_path)
-    ids = tuple(load_ids(ids_path, raw.shape[0]))
-    metadata: tuple[None, ...] = (None,) * len(ids)
-    gallery_digest = file_digest(gallery_path, ids_path)
 
-    store = GalleryStore(settings.data_dir / "galleries" / gallery_digest[:32])
-    snapshot, changes = store.recover()
-    if snapshot is not None:
-        raw, ids, metadata = snapshot.embeddings, snapshot.ids, snapshot.metadata  # type: ignore[assignment]
+    opened = opened or open_store(settings)
+    store, snapshot, changes = opened.store, opened.snapshot, opened.changes
+    if snapshot is not None:  # stored as served: used bit for bit, never re-normalised
+        ids, metadata, gallery = snapshot.ids, snapshot.metadata, snapshot.embeddings
+        if gallery.shape[1] != banks.dim and len(ids):
+            raise DataError(f"{store.path}: snapshot of dimension {gallery.shape[1]}")
+        gallery = gallery.reshape(len(ids), banks.dim)
         log.info("loaded gallery snapshot", extra={"seq": snapshot.seq, "size": len(ids)})
-    gallery = _checked(raw, gallery_path, dim=banks.dim)
+    else:
+        raw = load_embeddings(gallery_path)
+        ids = tuple(load_ids(ids_path, raw.shape[0]))
+        metadata = (None,) * len(ids)
+        gallery = _checked(raw, gallery_path, dim=banks.dim)
     loaded = time.perf_counter()
 
     norm = settings.norm_params()
@@ -86,7 +118,9 @@ def load_engine(settings: Settings) -> Engine:
     data_digest = file_digest(gallery_path, ids_path, bq_path, bg_path)
     key = cache.cache_key(f"{data_digest}:{snapshot.seq if snapshot else 0}", params)
     cache_dir = settings.data_dir / "cache"
-    prepared = cache.load(cache_dir, key, banks.sizes) if settings.cache else None
+    prepared = None
+    if settings.cache:
+        prepared = cache.load(cache_dir, key, banks.sizes, gallery)
     from_cache = prepared is not None
     if prepared is None:
         pairs = gallery.shape[0] * sum(banks.sizes) * (2 if invgc else 1)
@@ -94,6 +128,8 @@ def load_engine(settings: Settings) -> Engine:
             prepared = prepare_items(gallery, banks, norm, invgc, hub_topk=screening.k)
         if settings.cache:
             cache.save(cache_dir, key, prepared)
+    if settings.cache:
+        cache.keep_only(cache_dir, key)
     prepared_at = time.perf_counter()
 
     backend = backend_factory(settings.backend, **settings.backend_options())
@@ -105,6 +141,11 @@ def load_engine(settings: Settings) -> Engine:
     for change in changes:
         engine.apply(change, record=False)
     engine.attach_store(store)
+    if store.due_for_compaction:  # a long log replayed now would be replayed at every start
+        try:
+            engine.compact()
+        except StorageError as exc:  # the log still holds everything: serve, compact later
+            log.warning("compaction at startup failed", extra={"error": str(exc)})
     log.info(
         "engine ready",
         extra={

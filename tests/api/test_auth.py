@@ -56,15 +56,24 @@ def test_writes_need_the_key(serve: Serve, demo: DemoFiles) -> None:
         assert client.request(method, path, **kwargs).status_code == 200, path
 
 
+#: Reads the app serves besides the routes above: the key covers them too (issue 14, #8).
+OTHER_READS = [("GET", path, {}) for path in ("/metrics", "/docs", "/redoc", "/openapi.json")]
+
+
 def test_reads_need_the_key_when_configured(serve: Serve) -> None:
     client = serve(api_key=KEY, auth_reads=True)
-    for method, path, kwargs in READS:
+    for method, path, kwargs in READS + OTHER_READS:
         _assert_unauthorized(client.request(method, path, **kwargs), says="missing API key")
         response = client.request(method, path, headers={"X-API-Key": KEY}, **kwargs)
         assert response.status_code == 200, path
-    # liveness, readiness and metrics stay open for probes and scrapers
-    for path in ("/healthz", "/readyz", "/metrics"):
-        assert client.get(path).status_code == 200
+    _assert_unauthorized(client.get("/no-such-path"), says="missing API key")
+    # the kubelet's probes send no key: liveness and readiness stay open, readiness then says
+    # only its status (the gallery's size and version need the key)
+    assert client.get("/healthz").json() == {"status": "ok"}
+    anonymous = client.get("/readyz").json()
+    assert anonymous["status"] == "ready" and anonymous["gallery_size"] is None
+    detailed = client.get("/readyz", headers={"X-API-Key": KEY}).json()
+    assert detailed["status"] == "ready" and detailed["gallery_size"] > 0
 
 
 def test_no_key_configured_means_open_writes(client: TestClient) -> None:

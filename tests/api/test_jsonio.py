@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from service.api.jsonio import parse_json
+from service.api.jsonio import PIECE_BYTES, parse_json
 
 BODIES = [
     b'{"queries": [[0.1, -2e-5, 3]], "k": 5}',
@@ -35,3 +36,40 @@ def test_same_error_as_json(body: bytes) -> None:
     with pytest.raises(ValueError) as got:
         parse_json(body)
     assert type(got.value) is type(want.value) and str(got.value) == str(want.value)
+
+
+def _large(template: str) -> bytes:
+    """A body over the piece threshold: ``template`` with ``ROWS`` replaced by 700 rows."""
+    rng = np.random.default_rng(0)
+    rows = json.dumps(rng.normal(size=(700, 96)).tolist())
+    return template.replace("ROWS", rows).encode()
+
+
+LARGE = [
+    '{"queries": ROWS, "k": 5}',
+    '{"k": 5, "queries": ROWS, "method": "dis"}',  # the rows in the middle of the object
+    '{"a": "[[not", "queries": ROWS, "b": "a \\" quote ]]", "c": [[1, 2], [3]]}',
+    '{"x": ROWS, "y": {"z": ROWS}}',  # two arrays of rows, one nested in an object
+    "[ROWS, ROWS]",
+    '{"queries": ROWS, "tail": [1, [2, [3]]]}',
+]
+
+
+@pytest.mark.parametrize("template", LARGE)
+def test_large_bodies_parsed_in_pieces_give_the_same_value(template: str) -> None:
+    body = _large(template)
+    assert len(body) > 2 * PIECE_BYTES
+    assert parse_json(body) == json.loads(body)
+
+
+def test_a_large_body_with_a_bad_row_falls_back_to_json() -> None:
+    body = _large('{"queries": ROWS}').replace(b"]]", b", NaN]]", 1)
+    assert repr(parse_json(body)) == repr(json.loads(body))  # NaN: json's value, not an error
+    broken = _large('{"queries": ROWS}')[:-5]
+    with pytest.raises(ValueError):
+        parse_json(broken)
+
+
+def test_nesting_too_deep_is_a_json_error_not_a_recursion_error() -> None:
+    with pytest.raises(json.JSONDecodeError, match="nests too deep"):
+        parse_json(b"[" * 100_000 + b"]" * 100_000)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from service.api.runtime import PUBLIC_PATHS
 from service.app import create_app
 from service.settings import Settings
 
@@ -105,6 +106,8 @@ def test_probes_hit_real_routes_on_the_container_port(container: dict) -> None:
     }
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600  # room to precompute
+    # the kubelet sends no API key: the probes must work with HUBLESS_AUTH_READS=true too
+    assert set(paths.values()) <= PUBLIC_PATHS
 
 
 def test_ports_agree_from_service_to_app(objects: dict, pod: dict, container: dict) -> None:

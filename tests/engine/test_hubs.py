@@ -115,7 +115,9 @@ def test_occurrence_counts_bank_queries_with_the_item_in_their_top_k() -> None:
 
 
 class _Log:
-    """A change log that records what was appended."""
+    """A change log that records what was appended (and never asks to be compacted)."""
+
+    due_for_compaction = False
 
     def __init__(self) -> None:
         self.changes: list[object] = []

@@ -11,9 +11,10 @@ from service.algorithms import METHODS, InputError
 from service.api.convert import to_embeddings
 from service.api.errors import error_responses
 from service.api.jsonio import OrjsonRoute
-from service.api.models import DiagnosticsRequest, DiagnosticsResponse
+from service.api.limits import check_hits
+from service.api.models import DiagnosticsRequest, DiagnosticsResponse, checked_vectors
 from service.api.runtime import EngineDep, Runtime, RuntimeDep, require_read
-from service.engine import Diagnostics, diagnose, probe_sample
+from service.engine import Diagnostics, Engine, diagnose, probe_sample
 from service.engine.diagnostics import Hub
 
 router = APIRouter(
@@ -69,49 +70,55 @@ def _publish(runtime: Runtime, diag: Diagnostics) -> None:
 
 
 @router.get("", response_model=DiagnosticsResponse, responses=ERRORS)
-def diagnostics(
+async def diagnostics(
     engine: EngineDep,
     runtime: RuntimeDep,
     k: Annotated[int | None, Query(ge=1, description="Neighbourhood size (default 10)")] = None,
 ) -> dict:
     """Every method on the original and the InvGC gallery, probed by (a sample of) the query
-    bank. Cached until the gallery changes. Query-bank probes flatter the query-bank methods;
-    POST held-out probes for unbiased figures."""
+    bank. Cached per k until the gallery changes; identical requests share one computation.
+    Query-bank probes flatter the query-bank methods; POST held-out probes for unbiased
+    figures."""
     settings = runtime.settings
     k = _checked_k(k, runtime)
-    with runtime.diagnostics_lock:  # one computation per gallery version, not one per caller
-        key = (engine.state.version, k)
-        diag = runtime.diagnostics_cache.get(key)
-        if diag is None:
-            probes = probe_sample(engine.banks.query_bank, settings.diagnostics_probes)
-            diag = diagnose(
-                engine,
-                probes,
-                k=k,
-                probe_source="query_bank",
-                degeneration_sample=settings.degeneration_sample,
-                hub_limit=settings.diagnostics_top_hubs,
-            )
-            runtime.diagnostics_cache.clear()
-            runtime.diagnostics_cache[(diag.version, k)] = diag
-            _publish(runtime, diag)
+    probes = min(settings.diagnostics_probes, engine.banks.query_bank.shape[0])
+    check_hits(probes, k, settings, what="probes (HUBLESS_DIAGNOSTICS_PROBES)")
+    state = engine.state
+
+    def compute() -> Diagnostics:
+        return diagnose(
+            engine,
+            probe_sample(engine.banks.query_bank, settings.diagnostics_probes),
+            k=k,
+            probe_source="query_bank",
+            degeneration_sample=settings.degeneration_sample,
+            hub_limit=settings.diagnostics_top_hubs,
+        )
+
+    diag = await runtime.diagnostics((state.version, k), compute)
+    _publish(runtime, diag)  # the gauges follow the figures last served, cached or not
     return _out(diag)
 
 
 @router.post("", response_model=DiagnosticsResponse, responses=ERRORS)
-def diagnostics_with_probes(
+async def diagnostics_with_probes(
     body: DiagnosticsRequest, engine: EngineDep, runtime: RuntimeDep
 ) -> dict:
     """The same figures for the caller's own probe queries; with ``truth_ids`` also R@k,
     median/mean rank and MRR."""
+    k = _checked_k(body.k, runtime)
+    count = len(body.queries) if isinstance(body.queries, list) else 1
+    check_hits(count, k, runtime.settings, what="probes")
+    return await runtime.heavy.run(_diagnose_probes, body, k, engine, runtime)
+
+
+def _diagnose_probes(body: DiagnosticsRequest, k: int, engine: Engine, runtime: Runtime) -> dict:
     settings = runtime.settings
-    probes = to_embeddings(
-        body.queries, field="queries", dim=engine.dim, limit=settings.max_queries
-    )
+    rows = checked_vectors(body.queries, "queries")
+    probes = to_embeddings(rows, field="queries", dim=engine.dim, limit=settings.max_queries)
     if body.truth_ids is not None and len(body.truth_ids) != probes.shape[0]:
         expected = f"expected {probes.shape[0]} ids (one per query), got {len(body.truth_ids)}"
         raise InputError("truth_ids", expected)
-    k = _checked_k(body.k, runtime)
     diag = diagnose(
         engine,
         probes,

@@ -12,6 +12,7 @@ from service.algorithms import STAT_COLUMNS, GalleryView, InputError
 from service.api.convert import to_embeddings
 from service.api.errors import error_responses
 from service.api.jsonio import OrjsonRoute
+from service.api.limits import check_items
 from service.api.models import (
     ChangeResponse,
     DeleteRequest,
@@ -24,7 +25,7 @@ from service.engine import ChangeResult
 
 router = APIRouter(prefix="/gallery", tags=["gallery"], route_class=OrjsonRoute)
 ERRORS = error_responses(400, 401, 404, 413, 422, 503)
-WRITE_ERRORS = error_responses(400, 401, 403, 404, 413, 422, 503)
+WRITE_ERRORS = error_responses(400, 401, 403, 404, 413, 422, 503, 507)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -126,12 +127,9 @@ def upsert(body: UpsertRequest, engine: EngineDep, runtime: RuntimeDep) -> dict:
         limit=runtime.settings.max_upsert,
     )
     ids = [item.id for item in body.items]
-    # line breaks cannot be stored in the ids file, NUL is lost by snapshots: no controls at all
-    if any(ord(c) < 32 or ord(c) == 127 for i in ids for c in i):
-        raise InputError(
-            "items[].id", "ids must not contain control characters (line breaks, NUL…)"
-        )
-    result = engine.upsert(ids, embeddings, [item.metadata for item in body.items])
+    metadata = [item.metadata for item in body.items]
+    check_items(ids, metadata, runtime.settings)
+    result = engine.upsert(ids, embeddings, metadata)
     return _changed(runtime, result)
 
 

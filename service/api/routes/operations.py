@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.errors import error_responses
+from service.api.errors import ApiError, error_responses
 from service.api.models import Health, Readiness
-from service.api.runtime import EngineDep, RuntimeDep, require_write
+from service.api.runtime import EngineDep, RuntimeDep, check_key, require_read, require_write
 
 router = APIRouter(tags=["operations"])
 
 
+# The probes are ``async`` and do no blocking work: they run on the event loop itself, so a
+# saturated thread pool (heavy searches, diagnostics, writes) never delays them.
+
+
 @router.get("/healthz", response_model=Health)
-def healthz() -> dict:
+async def healthz() -> dict:
     """200 while the process lives (liveness)."""
     return {"status": "ok"}
 
@@ -23,16 +27,28 @@ def healthz() -> dict:
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "Starting or failed"}},
 )
-def readyz(runtime: RuntimeDep, response: Response) -> dict:
-    """200 once the gallery is loaded and precomputed; 503 before (or if startup failed)."""
+async def readyz(runtime: RuntimeDep, request: Request, response: Response) -> dict:
+    """200 once the gallery is loaded and precomputed; 503 before (or if startup failed).
+    Open to all; with HUBLESS_AUTH_READS only a caller with the key gets the details."""
     if runtime.engine is None:
         response.status_code = 503
+    if runtime.settings.auth_reads:
+        try:
+            check_key(request, runtime.settings)
+        except ApiError:
+            return {"status": runtime.status}
+    if runtime.engine is None:
         return {"status": runtime.status, "detail": runtime.error}
     state = runtime.engine.state
     return {"status": "ready", "gallery_size": state.size, "version": state.version}
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}},
+    dependencies=[Depends(require_read)],
+)
 def metrics(runtime: RuntimeDep) -> Response:
     """Prometheus metrics in the text exposition format."""
     runtime.record_state()
@@ -42,7 +58,7 @@ def metrics(runtime: RuntimeDep) -> Response:
 @router.post(
     "/admin/snapshot",
     response_model=Readiness,
-    responses=error_responses(401, 403, 503),
+    responses=error_responses(401, 403, 503, 507),
     dependencies=[Depends(require_write)],
 )
 def snapshot(engine: EngineDep) -> dict:

@@ -8,9 +8,10 @@ from service.algorithms import InputError
 from service.api.convert import to_embeddings
 from service.api.errors import error_responses
 from service.api.jsonio import OrjsonResponse, OrjsonRoute
+from service.api.limits import check_hits
 from service.api.models import SearchRequest, SearchResponse
-from service.api.runtime import EngineDep, RuntimeDep, require_read
-from service.engine import SearchResult
+from service.api.runtime import EngineDep, Runtime, RuntimeDep, require_read
+from service.engine import Engine, SearchResult
 
 router = APIRouter(tags=["search"], dependencies=[Depends(require_read)], route_class=OrjsonRoute)
 
@@ -24,17 +25,24 @@ DEFAULT_K = 10
     responses=error_responses(400, 401, 413, 422, 503),
     summary="Search the gallery with hubness-aware normalisation",
 )
-def search(body: SearchRequest, engine: EngineDep, runtime: RuntimeDep) -> OrjsonResponse:
+async def search(body: SearchRequest, engine: EngineDep, runtime: RuntimeDep) -> OrjsonResponse:
     """Top-k gallery items for each query, ranked by the chosen method's normalised score.
 
     Scores are those of SPEC.md (monotone in the papers' products); ``similarity`` is the raw
     cosine to the original gallery item. ``offset`` and ``score_threshold`` apply after
-    normalisation.
+    normalisation. At most HUBLESS_MAX_HITS hits (queries × (k + offset)) per request.
     """
     settings = runtime.settings
     k = body.k if body.k is not None else DEFAULT_K
     if k + body.offset > settings.max_k:
         raise InputError("k", f"k + offset = {k + body.offset} exceeds the limit {settings.max_k}")
+    check_hits(body.size, k + body.offset, settings)
+    return await runtime.heavy.run(_search, body, k, engine, runtime)
+
+
+def _search(body: SearchRequest, k: int, engine: Engine, runtime: Runtime) -> OrjsonResponse:
+    """The work of :func:`search`, in the heavy pool (response body built there too)."""
+    settings = runtime.settings
     method = body.method or settings.default_method
     invgc = settings.invgc if body.invgc is None else body.invgc
     field = "queries" if body.queries is not None else "query"
