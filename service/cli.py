@@ -13,6 +13,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from service import __version__
+
 # module path -> each module defines ``register(subparsers)`` adding its sub-command(s), whose
 # parsers set ``func`` to a callable taking the parsed namespace and returning an exit code.
 COMMAND_MODULES = (
@@ -28,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hubless",
         description="Hubness-aware embedding retrieval as a service (InvGC, DBNorm).",
     )
+    parser.add_argument("--version", action="version", version=f"hubless {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module_name in COMMAND_MODULES:
         try:

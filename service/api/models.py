@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -14,9 +15,11 @@ Vector = list[Annotated[float, Field(strict=True)]]
 
 
 class Strict(BaseModel):
-    """Unknown fields are errors: a typo such as ``"metod"`` must not be silently ignored."""
+    """Unknown fields are errors: a typo such as ``"metod"`` must not be silently ignored. And
+    strict types: ``"k": true`` or ``"k": "3"`` or ``"invgc": "yes"`` are refused, not coerced
+    (JSON has a type for each; a client sending another one has a bug to hear about)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # --- search ---------------------------------------------------------------------------------
@@ -87,7 +90,15 @@ class UpsertRequest(Strict):
 
 
 class DeleteRequest(Strict):
-    ids: list[str] = Field(min_length=1, description="Ids to delete; all must exist")
+    ids: list[str] = Field(min_length=1, description="Ids to delete; all must exist, each once")
+
+    @field_validator("ids")
+    @classmethod
+    def _unique(cls, ids: list[str]) -> list[str]:
+        dupes = sorted(i for i, count in Counter(ids).items() if count > 1)
+        if dupes:  # as PUT refuses them: a client repeating an id has a bug to hear about
+            raise ValueError(f"duplicate ids: {dupes[:10]}")
+        return ids
 
 
 class ChangeResponse(BaseModel):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
 
 from service.api.errors import ApiError
 from service.api.metrics import Metrics
@@ -56,6 +57,28 @@ def get_engine(runtime: RuntimeDep) -> Engine:
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def reject_unknown_query(request: Request) -> None:
+    """Unknown query parameters are errors, as unknown body fields are: ``?limt=5`` must not
+    silently serve the default limit. Checked after the API key (require_read/require_write
+    end with it): a client without the key learns nothing about a route's parameters."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    unknown = sorted(set(request.query_params) - _query_names(dependant))
+    if unknown:
+        known = sorted(_query_names(dependant))
+        message = f"unknown query parameter(s) {unknown}; this route takes {known or 'none'}"
+        raise ApiError(422, "invalid_request", message, field=unknown[0])
+
+
 def _presented_key(request: Request) -> str | None:
     auth = request.headers.get("authorization", "")
     if auth[:7].lower() == "bearer ":
@@ -86,9 +109,11 @@ def require_write(request: Request, runtime: RuntimeDep) -> None:
             "send gallery changes to the writer replica"
         )
         raise ApiError(403, "read_only", message)
+    reject_unknown_query(request)
 
 
 def require_read(request: Request, runtime: RuntimeDep) -> None:
     """Reads need it only with ``HUBLESS_AUTH_READS=true``."""
     if runtime.settings.auth_reads:
         _check_key(request, runtime)
+    reject_unknown_query(request)

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,6 +75,7 @@ class Engine:
         self.invgc = invgc
         self._backend = backend
         self._store: GalleryStore | None = None
+        self._on_compact: Callable[[GalleryState], None] | None = None
         self._write_lock = threading.Lock()
 
     @classmethod
@@ -110,9 +112,13 @@ class Engine:
     def dim(self) -> int:
         return self.banks.dim
 
-    def attach_store(self, store: GalleryStore) -> None:
-        """From now on, every change is written to ``store`` before it becomes visible."""
+    def attach_store(
+        self, store: GalleryStore, on_compact: Callable[[GalleryState], None] | None = None
+    ) -> None:
+        """From now on, every change is written to ``store`` before it becomes visible.
+        ``on_compact(state)`` runs after each snapshot (startup caches its precompute)."""
         self._store = store
+        self._on_compact = on_compact
 
     def compact(self) -> int:
         """Snapshot the current gallery into the store and empty its log; returns the version."""
@@ -121,6 +127,8 @@ class Engine:
         with self._write_lock:
             state = self._state
             self._store.snapshot(state.ids, state.metadata, state.original.embeddings)
+            if self._on_compact is not None:
+                self._on_compact(state)
             return state.version
 
     # --- searching ------------------------------------------------------------------------

@@ -105,7 +105,11 @@ def test_insert_update_delete_round_trip(serve: Serve, demo: DemoFiles) -> None:
     response = client.delete(_path("new-0"))
     assert response.json() == {"version": 4, "size": 302, "inserted": 0, "updated": 0, "deleted": 1}
     assert_error(client.get(_path("new-0")), 404, "id")
+    # a repeated id is refused, as PUT refuses one (nothing deleted)
     response = client.post("/gallery/delete", json={"ids": ["new-1", "new-2", "new-1"]})
+    assert_error(response, 422, "ids")
+    assert "duplicate ids: ['new-1']" in response.json()["error"]["message"]
+    response = client.post("/gallery/delete", json={"ids": ["new-1", "new-2"]})
     assert response.json() == {"version": 5, "size": 300, "inserted": 0, "updated": 0, "deleted": 2}
     assert set(_all_ids(client)) == set(demo.ids)
     found = search(client, new, k=300, method="dualdis")["results"]

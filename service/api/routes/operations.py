@@ -7,12 +7,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.errors import error_responses
 from service.api.models import Health, Readiness
-from service.api.runtime import EngineDep, RuntimeDep, require_write
+from service.api.runtime import EngineDep, RuntimeDep, reject_unknown_query, require_write
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", response_model=Health)
+@router.get("/healthz", response_model=Health, dependencies=[Depends(reject_unknown_query)])
 def healthz() -> dict:
     """200 while the process lives (liveness)."""
     return {"status": "ok"}
@@ -22,6 +22,7 @@ def healthz() -> dict:
     "/readyz",
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "Starting or failed"}},
+    dependencies=[Depends(reject_unknown_query)],
 )
 def readyz(runtime: RuntimeDep, response: Response) -> dict:
     """200 once the gallery is loaded and precomputed; 503 before (or if startup failed)."""
@@ -32,7 +33,12 @@ def readyz(runtime: RuntimeDep, response: Response) -> dict:
     return {"status": "ready", "gallery_size": state.size, "version": state.version}
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}},
+    dependencies=[Depends(reject_unknown_query)],
+)
 def metrics(runtime: RuntimeDep) -> Response:
     """Prometheus metrics in the text exposition format."""
     runtime.record_state()
