@@ -121,6 +121,14 @@ class Settings(BaseSettings):
         except InputError as exc:
             raise ValueError(str(exc)) from None
         self._check_banks()
+        if self.encoder is not None:
+            from service.encoders import INSTALL_HINT, missing_package
+
+            if missing_package(self.encoder):
+                raise ValueError(
+                    f"HUBLESS_ENCODER={self.encoder} needs the optional package "
+                    f"{missing_package(self.encoder)!r}: {INSTALL_HINT}"
+                )
         return self
 
     def _check_banks(self) -> None:

@@ -25,11 +25,101 @@ class Strict(BaseModel):
 # --- search ---------------------------------------------------------------------------------
 
 
+#: a metadata value a condition compares with (strict: "1" is not 1, true is not 1)
+Scalar = (
+    Annotated[str, Field(strict=True)]
+    | Annotated[bool, Field(strict=True)]
+    | Annotated[int, Field(strict=True)]
+    | Annotated[float, Field(strict=True, allow_inf_nan=False)]
+)
+#: keep a filter cheap to validate and to match: at most this many conditions, this deep
+MAX_FILTER_CONDITIONS, MAX_FILTER_DEPTH, MAX_MATCH_ANY = 64, 4, 1024
+
+
+class MatchValue(Strict):
+    value: Scalar = Field(description="Equal to this (a list-valued field: any element)")
+
+
+class MatchAny(Strict):
+    any: list[Scalar] = Field(
+        min_length=1, max_length=MAX_MATCH_ANY, description="Equal to one of these (`in`)"
+    )
+
+
+class Range(Strict):
+    gt: float | None = Field(None, allow_inf_nan=False)
+    gte: float | None = Field(None, allow_inf_nan=False)
+    lt: float | None = Field(None, allow_inf_nan=False)
+    lte: float | None = Field(None, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Range:
+        if all(v is None for v in (self.gt, self.gte, self.lt, self.lte)):
+            raise ValueError("give at least one of gt, gte, lt, lte")
+        return self
+
+
+class Condition(Strict):
+    """One field condition: ``match`` (equality or ``any``) or ``range`` (numbers only)."""
+
+    key: str = Field(
+        min_length=1, max_length=256, description="Metadata key; dots walk into nested objects"
+    )
+    match: MatchValue | MatchAny | None = None
+    range: Range | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Condition:
+        if (self.match is None) == (self.range is None):
+            raise ValueError("give exactly one of 'match' or 'range'")
+        return self
+
+
+class Filter(Strict):
+    """Qdrant-style boolean filter on item metadata (README "Filters"): every ``must`` entry
+    holds, one ``should`` entry holds if any are given, no ``must_not`` entry holds."""
+
+    must: list[Condition | Filter] | None = None
+    should: list[Condition | Filter] | None = None
+    must_not: list[Condition | Filter] | None = None
+
+    @model_validator(mode="after")
+    def _small(self) -> Filter:
+        conditions, depth = _size(self)
+        if conditions > MAX_FILTER_CONDITIONS:
+            raise ValueError(f"{conditions} conditions; the limit is {MAX_FILTER_CONDITIONS}")
+        if depth > MAX_FILTER_DEPTH:
+            raise ValueError(f"nested {depth} deep; the limit is {MAX_FILTER_DEPTH}")
+        return self
+
+
+def _size(node: Filter) -> tuple[int, int]:
+    """(conditions, nesting depth) of a filter."""
+    count, depth = 0, 1
+    for entry in (*(node.must or ()), *(node.should or ()), *(node.must_not or ())):
+        if isinstance(entry, Filter):
+            sub_count, sub_depth = _size(entry)
+            count, depth = count + sub_count, max(depth, sub_depth + 1)
+        else:
+            count += 1
+    return count, depth
+
+
 class SearchRequest(Strict):
     queries: list[Vector] | None = Field(
         None, description="Query embeddings, one list per query (any scale; L2-normalised here)"
     )
     query: Vector | None = Field(None, description="A single query (instead of `queries`)")
+    query_ids: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Search with these gallery items' stored embeddings (more like this)",
+    )
+    texts: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Query texts, embedded by the configured encoder (HUBLESS_ENCODER)",
+    )
     k: int | None = Field(None, ge=1, description="Results per query (default 10)")
     method: Method | None = Field(None, description="Normalisation method (default: configured)")
     offset: int = Field(0, ge=0, description="Skip this many top results (paging)")
@@ -39,15 +129,28 @@ class SearchRequest(Strict):
     invgc: bool | None = Field(
         None, description="Search the InvGC-adjusted gallery (default: configured HUBLESS_INVGC)"
     )
+    filter: Filter | None = Field(
+        None, description="Only items whose metadata passes this filter (README: Filters)"
+    )
+    with_metadata: bool = Field(False, description="Put each hit's metadata in the hit")
 
     @model_validator(mode="after")
     def _one_of(self) -> SearchRequest:
-        if (self.queries is None) == (self.query is None):
-            raise ValueError("give exactly one of 'queries' (a list of vectors) or 'query'")
+        given = [n for n in QUERY_FIELDS if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(map(repr, QUERY_FIELDS))}")
         return self
+
+    @property
+    def query_field(self) -> str:
+        return next(n for n in QUERY_FIELDS if getattr(self, n) is not None)
 
     def batch(self) -> list[Vector]:
         return self.queries if self.queries is not None else [self.query]  # type: ignore[list-item]
+
+
+#: the ways a search names its queries (exactly one per request)
+QUERY_FIELDS = ("queries", "query", "query_ids", "texts")
 
 
 class SearchHit(BaseModel):
@@ -55,6 +158,9 @@ class SearchHit(BaseModel):
     score: float = Field(description="Normalised score of the method (SPEC.md); higher is better")
     similarity: float = Field(description="Raw cosine to the original (unadjusted) gallery item")
     rank: int = Field(description="1-based rank, offset included")
+    metadata: dict[str, Any] | None = Field(
+        None, description="The item's metadata (present only with `with_metadata: true`)"
+    )
 
 
 class SearchResponse(BaseModel):
@@ -144,12 +250,21 @@ class GalleryItemDetail(GalleryItemOut):
 
 
 class DiagnosticsRequest(Strict):
-    queries: list[Vector] = Field(min_length=1, description="Probe query embeddings")
+    queries: list[Vector] | None = Field(None, min_length=1, description="Probe query embeddings")
+    texts: list[str] | None = Field(
+        None, min_length=1, description="Probe query texts (needs HUBLESS_ENCODER)"
+    )
     truth_ids: list[str] | None = Field(
         None, description="True gallery id of each probe, for R@k, ranks and MRR"
     )
     k: int | None = Field(None, ge=1, description="Neighbourhood size of the hubness metrics")
     methods: list[Method] | None = Field(None, description="Methods to diagnose (default: all)")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> DiagnosticsRequest:
+        if (self.queries is None) == (self.texts is None):
+            raise ValueError("give exactly one of 'queries' or 'texts'")
+        return self
 
 
 class HubnessOut(BaseModel):

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +31,7 @@ from service.algorithms import (
 )
 from service.backends import BackendFactory, SearchBackend
 from service.engine.changes import Change, Delete, Upsert
+from service.engine.filters import Predicate, allowed_rows
 from service.engine.persistence import GalleryStore
 from service.engine.state import Catalog, GalleryState, Metadata
 
@@ -47,6 +48,8 @@ class SearchResult:
     ids: list[list[str]]
     scores: list[np.ndarray]
     similarities: list[np.ndarray]
+    #: per query and hit, the item's metadata (only when the search asked for it)
+    metadata: list[list[Metadata]] | None = None
 
 
 @dataclass(frozen=True)
@@ -151,34 +154,46 @@ class Engine:
 
     def search(
         self,
-        queries: np.ndarray,
+        queries: np.ndarray | None,
         *,
         k: int,
         method: str,
         invgc: bool,
         offset: int = 0,
         score_threshold: float | None = None,
+        where: Predicate | None = None,
+        with_metadata: bool = False,
+        query_ids: Sequence[str] | None = None,
     ) -> SearchResult:
-        """Top ``offset+1 … offset+k`` of each normalised query (m, d) by ``method``."""
+        """Top ``offset+1 … offset+k`` of each normalised query (m, d) by ``method``.
+
+        ``query_ids`` instead of ``queries``: search with those items' stored (original)
+        embeddings ("more like this"; each item is normally its own first hit). ``where``: a
+        metadata filter; the result is the full ranking restricted to the items it passes. The
+        dynamic methods' raw top-1 pass stays over the whole gallery: the activation is a
+        property of the query, not of the filter, so a filter never changes an item's score.
+        """
         state = self._state  # one snapshot for the whole search
+        if queries is None:
+            queries = state.original.embeddings[state.rows_of(list(query_ids or ()), "query_ids")]
+        allowed = None if where is None else allowed_rows(state.metadata, where)
         backend, plan = self.plan(state, queries, method, invgc)
-        rows, scores = backend.search(queries, plan, k + offset)
+        rows, scores = backend.search(queries, plan, k + offset, allowed)
         rows, scores = rows[:, offset:], scores[:, offset:]
         sims = np.einsum("md,mkd->mk", queries, state.original.embeddings[rows]).astype(np.float64)
         ids_of = state.id_array
-        if score_threshold is None:  # one vectorised lookup; the loops below are per query
-            return SearchResult(
-                state.version, method, invgc, ids_of[rows].tolist(), list(scores), list(sims)
-            )
-        keep = scores >= score_threshold
-        return SearchResult(
-            version=state.version,
-            method=method,
-            invgc=invgc,
-            ids=[ids_of[r[k]].tolist() for r, k in zip(rows, keep, strict=True)],
-            scores=[s[k] for s, k in zip(scores, keep, strict=True)],
-            similarities=[c[k] for c, k in zip(sims, keep, strict=True)],
-        )
+        keep = None if score_threshold is None else scores >= score_threshold
+        if keep is not None:
+            rows = [r[f] for r, f in zip(rows, keep, strict=True)]  # type: ignore[assignment]
+            scores = [s[f] for s, f in zip(scores, keep, strict=True)]  # type: ignore[assignment]
+            sims = [c[f] for c, f in zip(sims, keep, strict=True)]  # type: ignore[assignment]
+        metadata = None
+        if with_metadata:
+            meta = state.metadata
+            metadata = [[meta[r] for r in row.tolist()] for row in rows]
+        # without a threshold one vectorised lookup; with one, a lookup per query
+        ids = ids_of[rows].tolist() if keep is None else [ids_of[r].tolist() for r in rows]
+        return SearchResult(state.version, method, invgc, ids, list(scores), list(sims), metadata)
 
     # --- changing -------------------------------------------------------------------------
 

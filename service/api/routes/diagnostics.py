@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from service.algorithms import METHODS, InputError
-from service.api.convert import to_embeddings
+from service.api.convert import text_embeddings, to_embeddings
 from service.api.errors import error_responses
 from service.api.jsonio import OrjsonRoute
 from service.api.models import DiagnosticsRequest, DiagnosticsResponse
@@ -93,9 +93,14 @@ def diagnostics_with_probes(
     """The same figures for the caller's own probe queries; with ``truth_ids`` also R@k,
     median/mean rank and MRR."""
     settings = runtime.settings
-    probes = to_embeddings(
-        body.queries, field="queries", dim=engine.dim, limit=settings.max_queries
-    )
+    if body.texts is not None:
+        probes = text_embeddings(
+            body.texts, encoder=settings.encoder, dim=engine.dim, limit=settings.max_queries
+        )
+    else:
+        probes = to_embeddings(
+            body.queries or [], field="queries", dim=engine.dim, limit=settings.max_queries
+        )
     if body.truth_ids is not None and len(body.truth_ids) != probes.shape[0]:
         expected = f"expected {probes.shape[0]} ids (one per query), got {len(body.truth_ids)}"
         raise InputError("truth_ids", expected)
