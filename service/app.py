@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
+from service.api.docs import install_docs
 from service.api.errors import install_error_handlers
 from service.api.middleware import BodyLimitMiddleware, ObservabilityMiddleware
 from service.api.routes import diagnostics, gallery, operations, search
@@ -87,7 +88,10 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served offline by install_docs
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.runtime = runtime
     install_error_handlers(app)
     for module in (search, gallery, diagnostics, operations):

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, Request
 from fastapi.dependencies.models import Dependant
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.api.errors import ApiError
 from service.api.metrics import Metrics
@@ -100,7 +101,24 @@ def _check_key(request: Request, runtime: Runtime) -> None:
         )
 
 
-def require_write(request: Request, runtime: RuntimeDep) -> None:
+# Declared for OpenAPI only (the "Authorize" button of /docs): _check_key reads the headers
+# itself, so these never raise (auto_error=False) and add no logic of their own.
+_WHEN = "gallery writes and /admin/snapshot; reads too with HUBLESS_AUTH_READS=true"
+BearerKey = Annotated[
+    HTTPAuthorizationCredentials | None,
+    Depends(HTTPBearer(auto_error=False, description=f"The API key, for {_WHEN}")),
+]
+HeaderKey = Annotated[
+    str | None,
+    Depends(
+        APIKeyHeader(name="X-API-Key", auto_error=False, description=f"The API key, for {_WHEN}")
+    ),
+]
+
+
+def require_write(
+    request: Request, runtime: RuntimeDep, _bearer: BearerKey = None, _header: HeaderKey = None
+) -> None:
     """Writes need the API key whenever one is configured, and a replica that may write."""
     _check_key(request, runtime)
     if runtime.settings.read_only:
@@ -112,7 +130,9 @@ def require_write(request: Request, runtime: RuntimeDep) -> None:
     reject_unknown_query(request)
 
 
-def require_read(request: Request, runtime: RuntimeDep) -> None:
+def require_read(
+    request: Request, runtime: RuntimeDep, _bearer: BearerKey = None, _header: HeaderKey = None
+) -> None:
     """Reads need it only with ``HUBLESS_AUTH_READS=true``."""
     if runtime.settings.auth_reads:
         _check_key(request, runtime)
