@@ -31,8 +31,14 @@ class Settings(BaseSettings):
     gallery_ids: Path | None = Field(
         None, description="Gallery ids, one per line; unset: row numbers '0', '1', …"
     )
-    query_bank: Path | None = Field(None, description="Query-bank embeddings (.npy/.npz)")
-    gallery_bank: Path | None = Field(None, description="Gallery-bank embeddings (.npy/.npz)")
+    query_bank: Path | None = Field(
+        None,
+        description="Query-bank embeddings (.npy/.npz); required with HUBLESS_GALLERY (the "
+        "bundled demo banks serve only the bundled demo gallery)",
+    )
+    gallery_bank: Path | None = Field(
+        None, description="Gallery-bank embeddings (.npy/.npz); required with HUBLESS_GALLERY"
+    )
     data_dir: Path = Field(
         Path("var"), description="Where the precompute cache and the gallery change log live"
     )

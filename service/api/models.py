@@ -155,7 +155,7 @@ QUERY_FIELDS = ("queries", "query", "query_ids", "texts")
 
 class SearchHit(BaseModel):
     id: str
-    score: float = Field(description="Normalised score of the method (SPEC.md); higher is better")
+    score: float = Field(description="Normalised score of the method (docs/spec.md); higher is better")
     similarity: float = Field(description="Raw cosine to the original (unadjusted) gallery item")
     rank: int = Field(description="1-based rank, offset included")
     metadata: dict[str, Any] | None = Field(
@@ -229,7 +229,7 @@ class GalleryPage(BaseModel):
 
 
 class ItemStats(BaseModel):
-    """The item's bank statistics on one view (see SPEC.md)."""
+    """The item's bank statistics on one view (see docs/spec.md)."""
 
     log_z_query_bank: float
     log_z_gallery_bank: float

@@ -29,7 +29,7 @@ DEFAULT_K = 10
 def search(body: SearchRequest, engine: EngineDep, runtime: RuntimeDep) -> OrjsonResponse:
     """Top-k gallery items for each query, ranked by the chosen method's normalised score.
 
-    Scores are those of SPEC.md (monotone in the papers' products); ``similarity`` is the raw
+    Scores are those of docs/spec.md (monotone in the papers' products); ``similarity`` is the raw
     cosine to the original gallery item. ``offset`` and ``score_threshold`` apply after
     normalisation.
     """
