@@ -79,7 +79,8 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
     messages = []
     for error in errors[:5]:
         where = _location(tuple(error.get("loc", ())))
-        messages.append(f"{where}: {error.get('msg', 'invalid value')}")
+        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        messages.append(f"{where}: {message}")
     if len(errors) > 5:
         messages.append(f"(+{len(errors) - 5} more)")
     first = _location(tuple(errors[0].get("loc", ()))) if errors else None

@@ -6,7 +6,15 @@ import json
 from collections import Counter
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from service.settings import Method
 
@@ -59,13 +67,33 @@ class Range(Strict):
         return self
 
 
+def _entry_kind(value: Any) -> str:
+    """A filter entry with a ``key`` is a condition, otherwise a nested filter (so an error
+    names what is wrong with the one the client meant, not with both readings)."""
+    if isinstance(value, dict):
+        return "Condition" if "key" in value else "Filter"
+    return type(value).__name__  # a validated model (when serialising)
+
+
+def _match_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "MatchAny" if "any" in value else "MatchValue"
+    return type(value).__name__
+
+
 class Condition(Strict):
     """One field condition: ``match`` (equality or ``any``) or ``range`` (numbers only)."""
 
     key: str = Field(
         min_length=1, max_length=256, description="Metadata key; dots walk into nested objects"
     )
-    match: MatchValue | MatchAny | None = None
+    match: (
+        Annotated[
+            Annotated[MatchValue, Tag("MatchValue")] | Annotated[MatchAny, Tag("MatchAny")],
+            Discriminator(_match_kind),
+        ]
+        | None
+    ) = None
     range: Range | None = None
 
     @model_validator(mode="after")
@@ -79,9 +107,9 @@ class Filter(Strict):
     """Qdrant-style boolean filter on item metadata (README "Filters"): every ``must`` entry
     holds, one ``should`` entry holds if any are given, no ``must_not`` entry holds."""
 
-    must: list[Condition | Filter] | None = None
-    should: list[Condition | Filter] | None = None
-    must_not: list[Condition | Filter] | None = None
+    must: list[FilterEntry] | None = None
+    should: list[FilterEntry] | None = None
+    must_not: list[FilterEntry] | None = None
 
     @model_validator(mode="after")
     def _small(self) -> Filter:
@@ -91,6 +119,13 @@ class Filter(Strict):
         if depth > MAX_FILTER_DEPTH:
             raise ValueError(f"nested {depth} deep; the limit is {MAX_FILTER_DEPTH}")
         return self
+
+
+FilterEntry = Annotated[
+    Annotated[Condition, Tag("Condition")] | Annotated[Filter, Tag("Filter")],
+    Discriminator(_entry_kind),
+]
+Filter.model_rebuild()
 
 
 def _size(node: Filter) -> tuple[int, int]:
@@ -155,7 +190,9 @@ QUERY_FIELDS = ("queries", "query", "query_ids", "texts")
 
 class SearchHit(BaseModel):
     id: str
-    score: float = Field(description="Normalised score of the method (docs/spec.md); higher is better")
+    score: float = Field(
+        description="Normalised score of the method (docs/spec.md); higher is better"
+    )
     similarity: float = Field(description="Raw cosine to the original (unadjusted) gallery item")
     rank: int = Field(description="1-based rank, offset included")
     metadata: dict[str, Any] | None = Field(

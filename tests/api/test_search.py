@@ -31,7 +31,7 @@ def _mean_topk(sims: np.ndarray, k: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Reference:
-    """docs/spec.md in float64 numpy, written from the spec (nothing from ``service.algorithms``)."""
+    """docs/spec.md in float64 numpy, from the spec (nothing from ``service.algorithms``)."""
 
     gallery: np.ndarray  # original, normalised
     query_bank: np.ndarray
