@@ -44,8 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pydantic import ValidationError
+
+    from service.settings import describe_errors
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ValidationError as exc:  # settings read by any command: one line, exit status 2
+        if exc.title != "Settings":
+            raise
+        print(f"hubless {args.command}: {describe_errors(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -131,3 +131,14 @@ def test_human_log_lines_keep_the_structured_fields() -> None:
     assert line.endswith(
         "INFO service.access [abc] request method=GET path=/gallery status=200 ms=1.5"
     )
+
+
+def test_every_command_reports_settings_errors_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    params = tmp_path / "bad.env"
+    params.write_text(f"HUBLESS_BETA_QUERY_BANK=zero\nHUBLESS_API_KEY={SECRET}\n")
+    status = main(["evaluate", "--params", str(params), "--quiet", "--no-curve"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("hubless evaluate: invalid settings: ")
+    assert "HUBLESS_BETA_QUERY_BANK" in err and SECRET not in err and "zero" not in err
