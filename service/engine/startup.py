@@ -34,6 +34,10 @@ def _checked(array: np.ndarray, path: Path, dim: int | None = None) -> np.ndarra
         raise DataError(str(exc)) from None
 
 
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
 def load_metadata(path: Path | None, ids: tuple[str, ...]) -> tuple[Metadata, ...]:
     """Metadata per gallery row from JSON lines ``{"id": ..., ...}`` (the other keys are the
     item's metadata). Every line must name a gallery id, each at most once; rows without a line
@@ -51,8 +55,8 @@ def load_metadata(path: Path | None, ids: tuple[str, ...]) -> tuple[Metadata, ..
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
+        try:  # NaN/Infinity are not JSON: they could not be returned "as is" (PUT refuses them)
+            record = json.loads(line, parse_constant=_no_constant)
         except ValueError as exc:
             raise DataError(f"{path}:{number}: not valid JSON ({exc})") from None
         if not isinstance(record, dict) or not isinstance(record.get("id"), str):

@@ -85,6 +85,7 @@ def test_gallery_metadata_is_read_from_json_lines(tmp_path: Path) -> None:
         (['{"id": "no such item"}'], r"meta\.jsonl: 1 id\(s\) not in the gallery: 'no such item'"),
         (['{"id": "ID0"}', '{"id": "ID0"}'], r"meta\.jsonl:2: id '.*' appears twice"),
         (["{'id': 1}"], r"meta\.jsonl:1: not valid JSON"),
+        (['{"id": "ID0", "x": NaN}'], r"meta\.jsonl:1: not valid JSON \(NaN is not JSON\)"),
         (['{"lang": "en"}'], r'meta\.jsonl:1: expected an object \{"id"'),
     ],
 )
