@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -36,6 +36,9 @@ from service.engine.persistence import GalleryStore
 from service.engine.state import Catalog, GalleryState, Metadata
 
 log = logging.getLogger(__name__)
+
+#: filter masks remembered (per gallery version and filter; n bytes each)
+MASK_CACHE = 32
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,8 @@ class Engine:
         self._store: GalleryStore | None = None
         self._on_compact: Callable[[GalleryState], None] | None = None
         self._write_lock = threading.Lock()
+        self._masks: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
+        self._masks_lock = threading.Lock()
 
     @classmethod
     def from_prepared(
@@ -164,6 +169,7 @@ class Engine:
         where: Predicate | None = None,
         with_metadata: bool = False,
         query_ids: Sequence[str] | None = None,
+        where_key: str | None = None,
     ) -> SearchResult:
         """Top ``offset+1 … offset+k`` of each normalised query (m, d) by ``method``.
 
@@ -172,11 +178,13 @@ class Engine:
         metadata filter; the result is the full ranking restricted to the items it passes. The
         dynamic methods' raw top-1 pass stays over the whole gallery: the activation is a
         property of the query, not of the filter, so a filter never changes an item's score.
+        ``where_key`` names the filter (its canonical JSON): the rows it passes are then
+        remembered for this gallery version (matching is a Python pass over the metadata).
         """
         state = self._state  # one snapshot for the whole search
         if queries is None:
             queries = state.original.embeddings[state.rows_of(list(query_ids or ()), "query_ids")]
-        allowed = None if where is None else allowed_rows(state.metadata, where)
+        allowed = None if where is None else self._allowed(state, where, where_key)
         backend, plan = self.plan(state, queries, method, invgc)
         rows, scores = backend.search(queries, plan, k + offset, allowed)
         rows, scores = rows[:, offset:], scores[:, offset:]
@@ -194,6 +202,20 @@ class Engine:
         # without a threshold one vectorised lookup; with one, a lookup per query
         ids = ids_of[rows].tolist() if keep is None else [ids_of[r].tolist() for r in rows]
         return SearchResult(state.version, method, invgc, ids, list(scores), list(sims), metadata)
+
+    def _allowed(self, state: GalleryState, where: Predicate, key: str | None) -> np.ndarray:
+        """The rows of ``state`` that pass ``where``; cached per (version, key), a few."""
+        if key is None:
+            return allowed_rows(state.metadata, where)
+        with self._masks_lock:
+            mask = self._masks.get((state.version, key))
+        if mask is None:
+            mask = allowed_rows(state.metadata, where)
+            with self._masks_lock:
+                self._masks[(state.version, key)] = mask
+                while len(self._masks) > MASK_CACHE:
+                    self._masks.popitem(last=False)
+        return mask
 
     # --- changing -------------------------------------------------------------------------
 

@@ -219,3 +219,26 @@ def test_search_by_stored_ids_uses_the_stored_embeddings(engine: Engine) -> None
     )
     assert by_id.ids == by_vector.ids
     assert [hits[0] for hits in by_id.ids] == ids  # each item is its own nearest neighbour
+
+
+def test_a_named_filter_is_matched_once_per_gallery_version(engine: Engine) -> None:
+    if engine.state.backend(False).name != "exact":
+        pytest.skip("the cache is the engine's; one backend is enough")
+    where = compile_filter(FILTERS["equality"])
+    calls = 0
+
+    def counting(metadata: object) -> bool:
+        nonlocal calls
+        calls += 1
+        return where(metadata)  # type: ignore[arg-type]
+
+    first = engine.search(
+        _queries(), k=K, method="dualis", invgc=True, where=counting, where_key="f"
+    )
+    again = engine.search(
+        _queries(), k=K, method="dualis", invgc=True, where=counting, where_key="f"
+    )
+    assert calls == N_GALLERY and first.ids == again.ids
+    engine.delete([engine.state.ids[-1]])  # a new version: matched again, on the new rows
+    engine.search(_queries(), k=K, method="dualis", invgc=True, where=counting, where_key="f")
+    assert calls == 2 * N_GALLERY - 1

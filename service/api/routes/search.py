@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from fastapi import APIRouter, Depends
 
@@ -40,6 +42,7 @@ def search(body: SearchRequest, engine: EngineDep, runtime: RuntimeDep) -> Orjso
     method = body.method or settings.default_method
     invgc = settings.invgc if body.invgc is None else body.invgc
     queries = query_embeddings(body, engine, runtime)
+    spec = body.filter.model_dump(exclude_none=True) if body.filter is not None else None
     result = engine.search(
         queries,
         k=k,
@@ -47,7 +50,8 @@ def search(body: SearchRequest, engine: EngineDep, runtime: RuntimeDep) -> Orjso
         invgc=invgc,
         offset=body.offset,
         score_threshold=body.score_threshold,
-        where=compile_filter(body.filter.model_dump(exclude_none=True)) if body.filter else None,
+        where=compile_filter(spec) if spec is not None else None,
+        where_key=json.dumps(spec, sort_keys=True) if spec is not None else None,
         with_metadata=body.with_metadata,
         query_ids=body.query_ids,
     )
