@@ -489,6 +489,24 @@ def bad_inputs(dim: int, known_id: str) -> list[BadInput]:
         search("misspelt field", 422, {"query": v, "metod": "raw"}),
         search("too many queries", 422, {"queries": [v] * 65}),
         search("queries × k above HUBLESS_MAX_HITS", 422, {"queries": [v] * 64, "k": 100}),
+        search("k as a string", 422, {"query": v, "k": "3"}),
+        search("k as true", 422, {"query": v, "k": True}),
+        search("invgc as a string", 422, {"query": v, "invgc": "yes"}),
+        search(
+            "body sent as text/plain", 415, {"query": v}, headers={"content-type": "text/plain"}
+        ),
+        search("texts without HUBLESS_ENCODER", 422, {"texts": ["extinct flying reptile"]}),
+        search(
+            "filter condition without match or range",
+            422,
+            {"query": v, "filter": {"must": [{"key": "lang"}]}},
+        ),
+        search(
+            "filter range on a string",
+            422,
+            {"query": v, "filter": {"must": [{"key": "year", "range": {"gte": "2000"}}]}},
+        ),
+        search("unknown query_ids", 404, {"query_ids": ["no-such-id"]}),
         search("malformed JSON", 400, raw=b'{"query": [0.1,'),
         search("body not an object", 422, raw=b"[]"),
         search("empty body", 422, raw=b""),
@@ -531,6 +549,10 @@ def bad_inputs(dim: int, known_id: str) -> list[BadInput]:
             {"ids": [known_id, "no-such-id"]},
         ),
         BadInput("batch delete: empty list", "POST", "/gallery/delete", 422, {"ids": []}),
+        BadInput(
+            "batch delete: duplicate ids", "POST", "/gallery/delete", 422, {"ids": [known_id] * 2}
+        ),
+        get("list: unknown query parameter", 422, "/gallery?limt=5"),
         get("list: limit = 0", 422, "/gallery?limit=0"),
         get("list: limit = 1001", 422, "/gallery?limit=1001"),
         get("list: offset = -1", 422, "/gallery?offset=-1"),
@@ -643,30 +665,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gallery-rows", type=int, default=2000, help="demo gallery rows")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite the docs")
     parser.add_argument("--workdir", type=Path, help="where data and logs go (default: tmp)")
+    parser.add_argument(
+        "--survey-only", action="store_true", help="only the bad-input survey (and its table)"
+    )
     args = parser.parse_args(argv)
     with contextlib.ExitStack() as stack:
         tmp = args.workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="hubless-"))
         workdir = Path(tmp)
         key = "load-test-key"
         env = write_gallery(workdir / "input", rows=args.gallery_rows, bank_rows=2000)
-        with Server(workdir / "data", env | {"HUBLESS_API_KEY": key}) as server:
-            report = LoadRun(server.url, duration=args.duration, api_key=key).run()
+        report = None
+        if not args.survey_only:
+            with Server(workdir / "data", env | {"HUBLESS_API_KEY": key}) as server:
+                report = LoadRun(server.url, duration=args.duration, api_key=key).run()
         with Server(workdir / "survey", env | SURVEY_LIMITS | {"HUBLESS_API_KEY": key}) as server:
             ids = (workdir / "input" / "gallery_ids.txt").read_text().split()
             with httpx.Client(base_url=server.url, timeout=60.0) as client:
                 rows = survey(client, key, bad_inputs(384, ids[0]))
-    print(json.dumps({k: v for k, v in vars(report).items() if k != "inconsistencies"}, indent=2))
-    for problem in report.inconsistencies[:20]:
-        print("INCONSISTENT:", problem)
+    if report is not None:
+        summary = {k: v for k, v in vars(report).items() if k != "inconsistencies"}
+        print(json.dumps(summary, indent=2))
+        for problem in report.inconsistencies[:20]:
+            print("INCONSISTENT:", problem)
     print(survey_table(rows))
     if not args.no_docs:
         for doc in DOCS:
             text = doc.read_text(encoding="utf-8")
-            text = replace_section(text, "load-test", load_section(report, args.gallery_rows))
+            if report is not None:
+                text = replace_section(text, "load-test", load_section(report, args.gallery_rows))
             text = replace_section(text, "bad-inputs", survey_table(rows))
             doc.write_text(text, encoding="utf-8")
             print(f"wrote {doc.relative_to(REPO_ROOT)}")
-    return 0 if report.ok else 1
+    return 0 if report is None or report.ok else 1
 
 
 if __name__ == "__main__":

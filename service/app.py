@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
+from service.api.docs import install_docs
 from service.api.errors import install_error_handlers
 from service.api.middleware import (
     BodyLimitMiddleware,
@@ -25,6 +26,7 @@ from service.api.middleware import (
 from service.api.routes import diagnostics, gallery, info, operations, search, ui
 from service.api.runtime import Runtime
 from service.engine import Engine
+from service.engine.loading import DataError
 from service.engine.persistence import StoreDamaged
 from service.engine.startup import load_engine
 from service.logs import configure_logging
@@ -37,17 +39,24 @@ gallery) and DBNorm (DualIS / DualDIS normalisation with a query bank and a gall
 exact on every method. See the README for the maths and the parameters."""
 
 
-def _start(runtime: Runtime, loader: Callable[[Settings], Engine]) -> None:
+def _start(
+    runtime: Runtime,
+    loader: Callable[[Settings], Engine],
+    on_failure: Callable[[str], None] | None = None,
+) -> None:
     started = time.perf_counter()
     try:
         engine = loader(runtime.settings)
-    except StoreDamaged as exc:  # one clear line: which file, what to do
-        log.error(str(exc))
-        runtime.status, runtime.error = "failed", str(exc)
-        return
-    except Exception as exc:  # reported on /readyz and in the log; the process stays up
-        log.exception("startup failed")
-        runtime.status, runtime.error = "failed", f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # reported on /readyz, in the log, and to ``on_failure``
+        if isinstance(exc, DataError | StoreDamaged):  # names the file: no traceback needed
+            log.error("startup failed: %s", exc)
+            message = str(exc)
+        else:
+            log.exception("startup failed")
+            message = f"{type(exc).__name__}: {exc}"
+        runtime.status, runtime.error = "failed", message
+        if on_failure is not None:
+            on_failure(message)
         return
     runtime.metrics.precompute_seconds.set(time.perf_counter() - started)
     runtime.engine, runtime.status = engine, "ready"
@@ -60,8 +69,11 @@ def create_app(
     *,
     loader: Callable[[Settings], Engine] = load_engine,
     configure_logs: bool = True,
+    on_failure: Callable[[str], None] | None = None,
 ) -> FastAPI:
-    """A new app. ``loader`` builds the engine (tests inject a slow or failing one)."""
+    """A new app. ``loader`` builds the engine (tests inject a slow or failing one);
+    ``on_failure(message)`` is called if it fails (``hubless serve`` then exits with status 1;
+    without it the process stays up and /readyz reports the failure)."""
     settings = settings or Settings()
     if configure_logs:
         configure_logging(settings.log_level, settings.log_json)
@@ -69,7 +81,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        thread = threading.Thread(target=_start, args=(runtime, loader), name="precompute")
+        thread = threading.Thread(
+            target=_start, args=(runtime, loader, on_failure), name="precompute"
+        )
         thread.daemon = True
         thread.start()
         yield
@@ -79,7 +93,10 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served offline by install_docs
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.runtime = runtime
     install_error_handlers(app)
     for module in (search, gallery, diagnostics, operations, info, ui):

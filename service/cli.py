@@ -13,6 +13,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from service import __version__
+
 # module path -> each module defines ``register(subparsers)`` adding its sub-command(s), whose
 # parsers set ``func`` to a callable taking the parsed namespace and returning an exit code.
 COMMAND_MODULES = (
@@ -29,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hubless",
         description="Hubness-aware embedding retrieval as a service (InvGC, DBNorm).",
     )
+    parser.add_argument("--version", action="version", version=f"hubless {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module_name in COMMAND_MODULES:
         try:
@@ -42,8 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pydantic import ValidationError
+
+    from service.settings import describe_errors
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ValidationError as exc:  # settings read by any command: one line, exit status 2
+        if exc.title != "Settings":
+            raise
+        print(f"hubless {args.command}: {describe_errors(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

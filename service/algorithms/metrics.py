@@ -1,4 +1,4 @@
-"""Hubness, degeneration and retrieval-quality metrics (SPEC.md, "Hubness metrics").
+"""Hubness, degeneration and retrieval-quality metrics (docs/spec.md, "Hubness metrics").
 
 Hubness is measured on k-occurrence ``N_k(g)``: how many probe queries have gallery item g in
 their top-k, over **all** gallery items (zeros included). Each report carries its denominators

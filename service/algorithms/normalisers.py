@@ -9,7 +9,7 @@ with ``stat`` the four per-item columns of :mod:`service.algorithms.stats`, a co
 whether the query's raw top-1 item is in each bank's activation set), and a per-query constant
 ``offset`` that restores ``log Z`` from log-mean-exp (it never changes a query's ranking).
 An inner-product index therefore serves every method exactly: store ``[g, stat(g)]`` and search
-with ``[w·q, c(q)]`` (SPEC.md, "DualIS ... by appending one extra coordinate").
+with ``[w·q, c(q)]`` (docs/spec.md, "DualIS ... by appending one extra coordinate").
 
 ================  ==================================================================
 raw               ``s``

@@ -70,8 +70,13 @@ def search(
     k: int,
     *,
     similarities: np.ndarray | None = None,
+    allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k: (m, k') row indices and reported scores (float64, offsets included).
+
+    ``allowed``: (n,) bool, the rows a filter lets through; the others are masked out of each
+    block's scores (-inf) before its top-k, so the result is the full ranking restricted to
+    the allowed rows, without an (m, n) array. k' ≤ the number of allowed rows.
 
     ``similarities``: ``queries @ view.embeddingsᵀ`` (m, n) if the caller already has it (the
     dynamic methods' top-1 pass over a gallery that fits one block); it is overwritten.
@@ -80,6 +85,8 @@ def search(
     cache-sized row chunks that the top-k partitions on the block threads: no extra pass.
     """
     m = queries.shape[0]
+    if allowed is not None:
+        k = min(k, int(np.count_nonzero(allowed)))  # never a masked row among the k best
     patterns, pattern_of = np.unique(plan.coefficients, axis=0, return_inverse=True)
     biased = bool(np.any(patterns))
     idx = np.empty((m, 0), np.int64)
@@ -90,16 +97,24 @@ def search(
         else:
             sims = queries @ view.embeddings[sl].T
         bias = patterns.astype(sims.dtype) @ view.stats[sl].T if biased else None
-        blk_idx, blk_val = _block_topk(sims, plan.weight, bias, pattern_of.ravel(), k)
+        mask = None if allowed is None else allowed[sl]
+        blk_idx, blk_val = _block_topk(sims, plan.weight, bias, pattern_of.ravel(), k, mask)
         idx, val = merge_topk(idx, val, blk_idx + sl.start, blk_val, k)
     return idx, val.astype(np.float64) + plan.offsets[:, None]
 
 
 def _block_topk(
-    sims: np.ndarray, weight: float, bias: np.ndarray | None, pattern_of: np.ndarray, k: int
+    sims: np.ndarray,
+    weight: float,
+    bias: np.ndarray | None,
+    pattern_of: np.ndarray,
+    k: int,
+    allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k of ``weight·sims + bias[pattern_of]`` per row; ``sims`` (m, B) is overwritten."""
+    """Top-k of ``weight·sims + bias[pattern_of]`` per row, over the ``allowed`` columns (all
+    if None; the others score -inf); ``sims`` (m, B) is overwritten."""
     chunk = block_rows(sims.shape[1], sims.dtype.itemsize, CHUNK_BYTES)
+    masked = None if allowed is None or allowed.all() else ~allowed
 
     def run(rows: slice) -> tuple[np.ndarray, np.ndarray]:
         part = sims[rows]
@@ -110,6 +125,8 @@ def _block_topk(
         elif bias is not None:
             for row, pattern in zip(part, pattern_of[rows], strict=True):  # few rows per chunk
                 row += bias[pattern]
+        if masked is not None:
+            part[:, masked] = -np.inf
         return topk_desc(part, k)
 
     results = parallel_map(run, row_blocks(sims.shape[0], chunk))

@@ -61,7 +61,15 @@ def _location(loc: tuple[int | str, ...]) -> str:
     # only the first element says where the value was; a field may be named "query" itself
     if loc and loc[0] in ("body", "query", "path", "header", "cookie"):
         loc = loc[1:]
-    return ".".join(str(p) for p in loc) or "body"
+    return ".".join(str(p) for p in loc if not _union_tag(p)) or "body"
+
+
+def _union_tag(part: int | str) -> bool:
+    """Pydantic names the union member it tried in ``loc`` (``Condition``, ``str``,
+    ``function-after[_one(), Condition]``); our field names are lower-case identifiers."""
+    if not isinstance(part, str):
+        return False
+    return "[" in part or part[:1].isupper() or part in ("str", "int", "float", "bool")
 
 
 def _validation_response(exc: RequestValidationError) -> JSONResponse:
@@ -73,7 +81,8 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
     messages = []
     for error in errors[:5]:
         where = _location(tuple(error.get("loc", ())))
-        messages.append(f"{where}: {error.get('msg', 'invalid value')}")
+        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        messages.append(f"{where}: {message}")
     if len(errors) > 5:
         messages.append(f"(+{len(errors) - 5} more)")
     first = _location(tuple(errors[0].get("loc", ()))) if errors else None

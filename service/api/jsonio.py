@@ -32,6 +32,8 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
+from service.api.errors import ApiError, error_responses
+
 #: an integer (part) of 19 or more digits: possibly beyond int64, where orjson returns a float
 _LONG_INTEGER = re.compile(rb"(?<![.\d])\d{19}")
 
@@ -177,13 +179,31 @@ class OrjsonRequest(Request):
         return self._json
 
 
+def is_json(content_type: str | None) -> bool:
+    """``application/json`` or a ``+json`` type, parameters (charset) ignored."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
 class OrjsonRoute(APIRoute):
-    """An APIRoute that reads JSON bodies with :class:`OrjsonRequest`."""
+    """An APIRoute that reads JSON bodies with :class:`OrjsonRequest`, and refuses a body sent
+    without a JSON content type (415) instead of reporting its bytes as "not a dictionary"."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        if {"POST", "PUT"} & {m.upper() for m in kwargs.get("methods") or ()}:
+            kwargs["responses"] = {**error_responses(415), **(kwargs.get("responses") or {})}
+        super().__init__(path, endpoint, **kwargs)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        takes_body = self.body_field is not None
 
         async def route(request: Request) -> Response:
+            if takes_body and not is_json(request.headers.get("content-type")):
+                message = "body: expected application/json (send Content-Type: application/json)"
+                raise ApiError(415, "unsupported_media_type", message, field="body")
             return await handler(OrjsonRequest(request.scope, request.receive))
 
         return route

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Annotated, Any, Literal
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     TypeAdapter,
     ValidationError,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
@@ -41,12 +45,121 @@ def checked_vectors(value: Any, field: str, *, single: bool = False) -> list[lis
 
 
 class Strict(BaseModel):
-    """Unknown fields are errors: a typo such as ``"metod"`` must not be silently ignored."""
+    """Unknown fields are errors: a typo such as ``"metod"`` must not be silently ignored. And
+    strict types: ``"k": true`` or ``"k": "3"`` or ``"invgc": "yes"`` are refused, not coerced
+    (JSON has a type for each; a client sending another one has a bug to hear about)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # --- search ---------------------------------------------------------------------------------
+
+
+#: a metadata value a condition compares with (strict: "1" is not 1, true is not 1)
+Scalar = (
+    Annotated[str, Field(strict=True)]
+    | Annotated[bool, Field(strict=True)]
+    | Annotated[int, Field(strict=True)]
+    | Annotated[float, Field(strict=True, allow_inf_nan=False)]
+)
+#: keep a filter cheap to validate and to match: at most this many conditions, this deep
+MAX_FILTER_CONDITIONS, MAX_FILTER_DEPTH, MAX_MATCH_ANY = 64, 4, 1024
+
+
+class MatchValue(Strict):
+    value: Scalar = Field(description="Equal to this (a list-valued field: any element)")
+
+
+class MatchAny(Strict):
+    any: list[Scalar] = Field(
+        min_length=1, max_length=MAX_MATCH_ANY, description="Equal to one of these (`in`)"
+    )
+
+
+class Range(Strict):
+    gt: float | None = Field(None, allow_inf_nan=False)
+    gte: float | None = Field(None, allow_inf_nan=False)
+    lt: float | None = Field(None, allow_inf_nan=False)
+    lte: float | None = Field(None, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Range:
+        if all(v is None for v in (self.gt, self.gte, self.lt, self.lte)):
+            raise ValueError("give at least one of gt, gte, lt, lte")
+        return self
+
+
+def _entry_kind(value: Any) -> str:
+    """A filter entry with a ``key`` is a condition, otherwise a nested filter (so an error
+    names what is wrong with the one the client meant, not with both readings)."""
+    if isinstance(value, dict):
+        return "Condition" if "key" in value else "Filter"
+    return type(value).__name__  # a validated model (when serialising)
+
+
+def _match_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "MatchAny" if "any" in value else "MatchValue"
+    return type(value).__name__
+
+
+class Condition(Strict):
+    """One field condition: ``match`` (equality or ``any``) or ``range`` (numbers only)."""
+
+    key: str = Field(
+        min_length=1, max_length=256, description="Metadata key; dots walk into nested objects"
+    )
+    match: (
+        Annotated[
+            Annotated[MatchValue, Tag("MatchValue")] | Annotated[MatchAny, Tag("MatchAny")],
+            Discriminator(_match_kind),
+        ]
+        | None
+    ) = None
+    range: Range | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Condition:
+        if (self.match is None) == (self.range is None):
+            raise ValueError("give exactly one of 'match' or 'range'")
+        return self
+
+
+class Filter(Strict):
+    """Qdrant-style boolean filter on item metadata (README "Filters"): every ``must`` entry
+    holds, one ``should`` entry holds if any are given, no ``must_not`` entry holds."""
+
+    must: list[FilterEntry] | None = None
+    should: list[FilterEntry] | None = None
+    must_not: list[FilterEntry] | None = None
+
+    @model_validator(mode="after")
+    def _small(self) -> Filter:
+        conditions, depth = _size(self)
+        if conditions > MAX_FILTER_CONDITIONS:
+            raise ValueError(f"{conditions} conditions; the limit is {MAX_FILTER_CONDITIONS}")
+        if depth > MAX_FILTER_DEPTH:
+            raise ValueError(f"nested {depth} deep; the limit is {MAX_FILTER_DEPTH}")
+        return self
+
+
+FilterEntry = Annotated[
+    Annotated[Condition, Tag("Condition")] | Annotated[Filter, Tag("Filter")],
+    Discriminator(_entry_kind),
+]
+Filter.model_rebuild()
+
+
+def _size(node: Filter) -> tuple[int, int]:
+    """(conditions, nesting depth) of a filter."""
+    count, depth = 0, 1
+    for entry in (*(node.must or ()), *(node.should or ()), *(node.must_not or ())):
+        if isinstance(entry, Filter):
+            sub_count, sub_depth = _size(entry)
+            count, depth = count + sub_count, max(depth, sub_depth + 1)
+        else:
+            count += 1
+    return count, depth
 
 
 class SearchRequest(Strict):
@@ -54,6 +167,16 @@ class SearchRequest(Strict):
         None, description="Query embeddings, one list per query (any scale; L2-normalised here)"
     )
     query: LaterVector | None = Field(None, description="A single query (instead of `queries`)")
+    query_ids: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Search with these gallery items' stored embeddings (more like this)",
+    )
+    texts: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Query texts, embedded by the configured encoder (HUBLESS_ENCODER)",
+    )
     k: int | None = Field(None, ge=1, description="Results per query (default 10)")
     method: Method | None = Field(None, description="Normalisation method (default: configured)")
     offset: int = Field(0, ge=0, description="Skip this many top results (paging)")
@@ -63,30 +186,49 @@ class SearchRequest(Strict):
     invgc: bool | None = Field(
         None, description="Search the InvGC-adjusted gallery (default: configured HUBLESS_INVGC)"
     )
+    filter: Filter | None = Field(
+        None, description="Only items whose metadata passes this filter (README: Filters)"
+    )
+    with_metadata: bool = Field(False, description="Put each hit's metadata in the hit")
 
     @model_validator(mode="after")
     def _one_of(self) -> SearchRequest:
-        if (self.queries is None) == (self.query is None):
-            raise ValueError("give exactly one of 'queries' (a list of vectors) or 'query'")
+        given = [n for n in QUERY_FIELDS if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(map(repr, QUERY_FIELDS))}")
         return self
 
+    @property
+    def query_field(self) -> str:
+        return next(n for n in QUERY_FIELDS if getattr(self, n) is not None)
+
     def batch(self) -> list[list[float]]:
-        """The queries, validated (call it in the worker thread)."""
+        """The query vectors, validated (call it in the worker thread)."""
         if self.queries is not None:
             return checked_vectors(self.queries, "queries")
         return checked_vectors(self.query, "query", single=True)
 
     @property
     def size(self) -> int:
-        """How many queries (before validation: 1 for anything but a list of them)."""
-        return len(self.queries) if isinstance(self.queries, list) else 1
+        """How many queries (before validation: 1 for a single vector, or anything not a list)."""
+        given = getattr(self, self.query_field)
+        return len(given) if self.query_field != "query" and isinstance(given, list) else 1
+
+
+#: the ways a search names its queries (exactly one per request)
+QUERY_FIELDS = ("queries", "query", "query_ids", "texts")
 
 
 class SearchHit(BaseModel):
     id: str
-    score: float = Field(description="Normalised score of the method (SPEC.md); higher is better")
+    score: float = Field(
+        description="Normalised score of the method (docs/spec.md); higher is better"
+    )
     similarity: float = Field(description="Raw cosine to the original (unadjusted) gallery item")
     rank: int = Field(description="1-based rank, offset included")
+    metadata: dict[str, Any] | None = Field(
+        None, description="The item's metadata (present only with `with_metadata: true`)"
+    )
 
 
 class SearchResponse(BaseModel):
@@ -115,7 +257,15 @@ class UpsertRequest(Strict):
 
 
 class DeleteRequest(Strict):
-    ids: list[str] = Field(min_length=1, description="Ids to delete; all must exist")
+    ids: list[str] = Field(min_length=1, description="Ids to delete; all must exist, each once")
+
+    @field_validator("ids")
+    @classmethod
+    def _unique(cls, ids: list[str]) -> list[str]:
+        dupes = sorted(i for i, count in Counter(ids).items() if count > 1)
+        if dupes:  # as PUT refuses them: a client repeating an id has a bug to hear about
+            raise ValueError(f"duplicate ids: {dupes[:10]}")
+        return ids
 
 
 class HubWarning(BaseModel):
@@ -157,7 +307,7 @@ class GalleryPage(BaseModel):
 
 
 class ItemStats(BaseModel):
-    """The item's bank statistics on one view (see SPEC.md)."""
+    """The item's bank statistics on one view (see docs/spec.md)."""
 
     log_z_query_bank: float
     log_z_gallery_bank: float
@@ -178,12 +328,21 @@ class GalleryItemDetail(GalleryItemOut):
 
 
 class DiagnosticsRequest(Strict):
-    queries: LaterProbes = Field(description="Probe query embeddings")
+    queries: LaterProbes | None = Field(None, description="Probe query embeddings")
+    texts: list[str] | None = Field(
+        None, min_length=1, description="Probe query texts (needs HUBLESS_ENCODER)"
+    )
     truth_ids: list[str] | None = Field(
         None, description="True gallery id of each probe, for R@k, ranks and MRR"
     )
     k: int | None = Field(None, ge=1, description="Neighbourhood size of the hubness metrics")
     methods: list[Method] | None = Field(None, description="Methods to diagnose (default: all)")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> DiagnosticsRequest:
+        if (self.queries is None) == (self.texts is None):
+            raise ValueError("give exactly one of 'queries' or 'texts'")
+        return self
 
 
 class HubnessOut(BaseModel):

@@ -20,6 +20,8 @@ from typing import Annotated, Literal, TypeVar
 import anyio
 import anyio.to_thread
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.api.errors import ApiError
 from service.api.metrics import Metrics
@@ -39,6 +41,8 @@ PUBLIC_PREFIXES = ("/ui/",)
 def is_public(path: str) -> bool:
     """Whether ``path`` is served without the key even with HUBLESS_AUTH_READS."""
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
 #: GET /diagnostics results kept (distinct k; entries of older gallery versions are dropped).
 DIAGNOSTICS_CACHE_SIZE = 16
 
@@ -135,6 +139,28 @@ async def get_engine(runtime: RuntimeDep) -> Engine:
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def reject_unknown_query(request: Request) -> None:
+    """Unknown query parameters are errors, as unknown body fields are: ``?limt=5`` must not
+    silently serve the default limit. Checked after the API key (require_read/require_write
+    end with it): a client without the key learns nothing about a route's parameters."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    unknown = sorted(set(request.query_params) - _query_names(dependant))
+    if unknown:
+        known = sorted(_query_names(dependant))
+        message = f"unknown query parameter(s) {unknown}; this route takes {known or 'none'}"
+        raise ApiError(422, "invalid_request", message, field=unknown[0])
+
+
 def _presented_key(request: Request) -> str | None:
     auth = request.headers.get("authorization", "")
     if auth[:7].lower() == "bearer ":
@@ -157,7 +183,24 @@ def check_key(request: Request, settings: Settings) -> None:
         )
 
 
-async def require_write(request: Request, runtime: RuntimeDep) -> None:
+# Declared for OpenAPI only (the "Authorize" button of /docs): check_key reads the headers
+# itself, so these never raise (auto_error=False) and add no logic of their own.
+_WHEN = "gallery writes and /admin/snapshot; reads too with HUBLESS_AUTH_READS=true"
+BearerKey = Annotated[
+    HTTPAuthorizationCredentials | None,
+    Depends(HTTPBearer(auto_error=False, description=f"The API key, for {_WHEN}")),
+]
+HeaderKey = Annotated[
+    str | None,
+    Depends(
+        APIKeyHeader(name="X-API-Key", auto_error=False, description=f"The API key, for {_WHEN}")
+    ),
+]
+
+
+async def require_write(
+    request: Request, runtime: RuntimeDep, _bearer: BearerKey = None, _header: HeaderKey = None
+) -> None:
     """Writes need the API key whenever one is configured, and a replica that may write."""
     check_key(request, runtime.settings)
     if runtime.settings.read_only:
@@ -166,11 +209,21 @@ async def require_write(request: Request, runtime: RuntimeDep) -> None:
             "send gallery changes to the writer replica"
         )
         raise ApiError(403, "read_only", message)
+    reject_unknown_query(request)
 
 
-async def require_read(request: Request, runtime: RuntimeDep) -> None:
+async def require_read(
+    request: Request, runtime: RuntimeDep, _bearer: BearerKey = None, _header: HeaderKey = None
+) -> None:
     """Reads need it only with ``HUBLESS_AUTH_READS=true`` (which
-    :class:`~service.api.middleware.ReadAuthMiddleware` applies to every path but
-    :data:`PUBLIC_PATHS`, the docs and /metrics included)."""
+    :class:`~service.api.middleware.ReadAuthMiddleware` applies to every path but the
+    :func:`is_public` ones, the docs and /metrics included)."""
     if runtime.settings.auth_reads:
         check_key(request, runtime.settings)
+    reject_unknown_query(request)
+
+
+async def no_unknown_query(request: Request) -> None:
+    """:func:`reject_unknown_query` as a dependency of the probes: ``async``, so it runs on the
+    event loop and a saturated thread pool cannot delay them."""
+    reject_unknown_query(request)

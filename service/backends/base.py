@@ -37,8 +37,13 @@ class SearchBackend(ABC):
         self.ids = ids
 
     @abstractmethod
-    def search(self, queries: np.ndarray, plan: QueryPlan, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(m, k') gallery rows, best first, and their reported scores (float64, with offsets)."""
+    def search(
+        self, queries: np.ndarray, plan: QueryPlan, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(m, k') gallery rows, best first, and their reported scores (float64, with offsets).
+
+        ``allowed``: (n,) bool, the rows a metadata filter lets through (None: all). The result
+        is then the ranking of all rows restricted to the allowed ones (k' ≤ their number)."""
 
     @abstractmethod
     def top1(self, queries: np.ndarray) -> np.ndarray:

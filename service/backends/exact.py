@@ -28,11 +28,13 @@ class ExactBackend(SearchBackend):
         #: per thread: (queries, their raw product) from top1, consumed by the next search
         self._pending = threading.local()
 
-    def search(self, queries: np.ndarray, plan: QueryPlan, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, plan: QueryPlan, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         pending = getattr(self._pending, "value", None)
         self._pending.value = None
         sims = pending[1] if pending is not None and pending[0] is queries else None
-        return search(queries, self.view, plan, k, similarities=sims)
+        return search(queries, self.view, plan, k, similarities=sims, allowed=allowed)
 
     def top1(self, queries: np.ndarray) -> np.ndarray:
         self._pending.value = None

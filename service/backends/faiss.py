@@ -248,8 +248,12 @@ class FaissBackend(SearchBackend):
 
     # --- searching ------------------------------------------------------------------------
 
-    def _search(self, coords: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(m, k) inner products and view rows (-1 where the index found fewer than k)."""
+    def _search(
+        self, coords: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(m, k) inner products and view rows (-1 where the index found fewer than k).
+        ``allowed`` (n,) bool restricts the search to those view rows (an ID selector on their
+        index slots, which also leaves out every tombstone)."""
         params: faiss.SearchParameters | None = None
         if self.kind == "hnsw":
             params = faiss.SearchParametersHNSW()
@@ -257,27 +261,38 @@ class FaissBackend(SearchBackend):
         elif self.kind == "ivf" and isinstance(self._index, faiss.IndexIVF):
             params = faiss.SearchParametersIVF()
             params.nprobe = self.ivf.nprobe
-        if params is not None and self._selector is not None:
-            params.sel = self._selector
+        selector, keep = self._selector, None
+        if allowed is not None:
+            slots = np.zeros(self._index.ntotal, bool)
+            slots[self._slots(np.flatnonzero(allowed))] = True
+            keep = np.packbits(slots, bitorder="little")  # alive while the search runs
+            selector = faiss.IDSelectorBitmap(slots.size, faiss.swig_ptr(keep))
+            params = params if params is not None else faiss.SearchParameters()
+        if params is not None and selector is not None:
+            params.sel = selector
         if params is None:
             dist, slots = self._index.search(coords, k)
         else:
             dist, slots = self._index.search(coords, k, params=params)
+        del keep  # the search is over: the bitmap may go
         if self._row_of_slot is not None:
             slots = np.where(slots >= 0, self._row_of_slot[slots], -1)
         return dist, slots
 
-    def search(self, queries: np.ndarray, plan: QueryPlan, k: int) -> tuple[np.ndarray, np.ndarray]:
-        m, k = queries.shape[0], min(k, self.view.size)
+    def search(
+        self, queries: np.ndarray, plan: QueryPlan, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        available = self.view.size if allowed is None else int(np.count_nonzero(allowed))
+        m, k = queries.shape[0], min(k, available)
         if k == 0:
             return np.empty((m, 0), np.int64), np.empty((m, 0), np.float64)
         coords, shift = self._layout.queries(queries, plan)
-        dist, rows = self._search(coords, k)
+        dist, rows = self._search(coords, k, allowed)
         scores = dist.astype(np.float64) + (plan.offsets + shift)[:, None]
         short = (rows < 0).any(axis=1)
         if short.any():  # an HNSW beam that found fewer than k rows: answer those exactly
             sub = QueryPlan(plan.weight, plan.coefficients[short], plan.offsets[short])
-            rows[short], scores[short] = search(queries[short], self.view, sub, k)
+            rows[short], scores[short] = search(queries[short], self.view, sub, k, allowed=allowed)
         return rows.astype(np.int64, copy=False), scores
 
     def top1(self, queries: np.ndarray) -> np.ndarray:

@@ -38,6 +38,7 @@ from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
 from service.algorithms import GalleryView, QueryPlan, top1_raw
+from service.algorithms import search as exact_search
 from service.backends.base import BackendUnavailable, SearchBackend
 from service.export.augment import EXTRA_DIMS, view_coordinates
 
@@ -58,6 +59,10 @@ WRITE_BATCH = 4096
 SEARCH_BATCH = 256
 #: Ids per delete or get request: each becomes a quoted literal in one filter expression.
 FILTER_BATCH = 1024
+
+#: Most ids one search's filter expression lists; beyond, the backend ranks the filtered rows
+#: with the exact scan of its in-memory view (same result; Milvus parses long lists slowly).
+MAX_FILTER_IDS = 16 * FILTER_BATCH
 
 #: A stored row this close to the computed one (float32 recomputation noise) is left alone.
 RECONCILE_ATOL = 1e-6
@@ -482,9 +487,20 @@ class MilvusBackend(SearchBackend):
 
     # --- searching ---------------------------------------------------------------------------
 
-    def search(self, queries: np.ndarray, plan: QueryPlan, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, plan: QueryPlan, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         coords = plan.query_coordinates(queries.astype(np.float32, copy=False))
-        hits = self._known_hits(coords, k)
+        if allowed is not None:
+            k = min(k, int(np.count_nonzero(allowed)))
+        if k <= 0:
+            m = queries.shape[0]
+            return np.empty((m, 0), np.int64), np.empty((m, 0), np.float64)
+        expression = self._allowed_filter(allowed)
+        if expression is None:  # too many ids for one expression: the same ranking, scanned here
+            assert allowed is not None
+            return exact_search(queries, self.view, plan, k, allowed=allowed)
+        hits = self._known_hits(coords, k, expression)
         width = min((len(rows) for rows, _ in hits), default=0)  # rectangular: fewest known
         rows = np.array([r[:width] for r, _ in hits], np.int64).reshape(len(hits), width)
         scores = np.array([d[:width] for _, d in hits], np.float64).reshape(len(hits), width)
@@ -499,7 +515,25 @@ class MilvusBackend(SearchBackend):
             best[lost] = top1_raw(queries[lost], self.view.embeddings)
         return best
 
-    def _known_hits(self, coords: np.ndarray, k: int) -> list[tuple[list[int], list[float]]]:
+    def _allowed_filter(self, allowed: np.ndarray | None) -> str | None:
+        """A metadata filter's rows as a Milvus boolean expression on the primary key: the
+        allowed ids, or (when they are most of the gallery) ``not in`` the others; None when
+        that list would exceed :data:`MAX_FILTER_IDS`. The metadata is matched by the service
+        (one matcher for every backend, so results agree exactly); the service's collections
+        hold vectors and digests, not the metadata."""
+        if allowed is None or allowed.all():
+            return ""
+        ids = np.asarray(self.ids, dtype=object)
+        passing = int(np.count_nonzero(allowed))
+        if min(passing, allowed.size - passing) > MAX_FILTER_IDS:
+            return None
+        if 2 * passing <= allowed.size:
+            return id_filter(ids[allowed].tolist())
+        return id_filter(ids[~allowed].tolist()).replace(" in [", " not in [", 1)
+
+    def _known_hits(
+        self, coords: np.ndarray, k: int, expression: str = ""
+    ) -> list[tuple[list[int], list[float]]]:
         """Per query, the rows and inner products of its best hits that this backend's ids
         include (at most k, best first). Unknown ids (written after this backend) are skipped;
         a query left short while more hits exist is asked again with twice the limit."""
@@ -511,7 +545,8 @@ class MilvusBackend(SearchBackend):
         limit = min(want + self.fetch_slack, MAX_LIMIT)
         while pending.size:
             short = []
-            for query, hits in zip(pending, self._raw_search(coords[pending], limit), strict=True):
+            found = self._raw_search(coords[pending], limit, expression)
+            for query, hits in zip(pending, found, strict=True):
                 known = [
                     (self._rows[h["id"]], h["distance"]) for h in hits if h["id"] in self._rows
                 ]
@@ -521,7 +556,9 @@ class MilvusBackend(SearchBackend):
             pending, limit = np.asarray(short, np.int64), min(2 * limit, MAX_LIMIT)
         return out
 
-    def _raw_search(self, coords: np.ndarray, limit: int) -> Iterator[list[dict]]:
+    def _raw_search(
+        self, coords: np.ndarray, limit: int, expression: str = ""
+    ) -> Iterator[list[dict]]:
         handle = self._collection
         params: dict[str, object] = {"metric_type": "IP"}
         if self.index == "hnsw":
@@ -534,6 +571,7 @@ class MilvusBackend(SearchBackend):
                     handle.name,
                     data=list(coords[start : start + SEARCH_BATCH]),
                     limit=limit,
+                    filter=expression,
                     output_fields=[],
                     search_params=params,
                     consistency_level=self.consistency,

@@ -1,4 +1,9 @@
-"""``hubless serve``: run the HTTP service with uvicorn."""
+"""``hubless serve``: run the HTTP service with uvicorn.
+
+Exit status: 0 after a normal shutdown, 2 for invalid settings, 1 when the data cannot be loaded
+(an unreadable file, a wrong dimension): the process ends, so an orchestrator restarts it or
+shows the error, rather than keeping a server up whose /readyz says "failed" forever.
+"""
 
 from __future__ import annotations
 
@@ -33,11 +38,12 @@ def serve(args: argparse.Namespace) -> int:
     import functools
 
     import uvicorn
+    from pydantic import ValidationError
 
     from service.app import create_app
     from service.engine.persistence import StoreDamaged
     from service.engine.startup import load_engine, open_store
-    from service.settings import Settings, unknown_variables
+    from service.settings import Settings, describe_errors, unknown_variables
 
     in_file, in_environment = unknown_variables(args.env_file)
     if in_file:
@@ -45,8 +51,15 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     if in_environment:  # other tools may set HUBLESS_-prefixed variables: warn, don't refuse
         print(f"hubless serve: ignoring unknown variables {in_environment}", file=sys.stderr)
+    if args.env_file is not None and not args.env_file.is_file():
+        print(f"hubless serve: --env-file {args.env_file}: no such file", file=sys.stderr)
+        return 2
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    settings = Settings(_env_file=args.env_file, **overrides)  # type: ignore[call-arg]
+    try:
+        settings = Settings(_env_file=args.env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        print(f"hubless serve: {describe_errors(exc)}", file=sys.stderr)
+        return 2
     loader = load_engine
     try:  # before listening: a damaged store stops the process (the precompute comes later)
         loader = functools.partial(load_engine, opened=open_store(settings))
@@ -54,9 +67,21 @@ def serve(args: argparse.Namespace) -> int:
         print(f"hubless serve: {exc}", file=sys.stderr)
         return 3
     except (OSError, ValueError):
-        pass  # unreadable input files: the loader reports them on /readyz and in the log
-    app = create_app(settings, loader=loader)
+        pass  # unreadable input files: the loader reports them (below), and the process ends
+    failures: list[str] = []
+
+    def startup_failed(message: str) -> None:
+        failures.append(message)
+        server.should_exit = True
+
+    app = create_app(settings, loader=loader, on_failure=startup_failed)
     tune_for_serving()
     # one process, threads for concurrency: searches share the in-memory gallery (README)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None)
+    )
+    server.run()
+    if failures:
+        print(f"hubless serve: startup failed: {failures[0]}", file=sys.stderr)
+        return 1
     return 0

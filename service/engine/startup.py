@@ -5,6 +5,8 @@ Logs what it did and how long each step took. The result is a ready :class:`Engi
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.algorithms import Banks, InputError, check_embeddings, prepare_items
+from service.algorithms import Banks, InputError, PreparedItems, check_embeddings, prepare_items
 from service.algorithms.scan import scan_progress
 from service.backends import backend_factory
 from service.engine import cache
@@ -20,6 +22,7 @@ from service.engine.changes import Change
 from service.engine.engine import Engine
 from service.engine.loading import DataError, file_digest, load_embeddings, load_ids
 from service.engine.persistence import GalleryStore, Snapshot, StorageError
+from service.engine.state import GalleryState, Metadata
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,47 @@ def _checked(array: np.ndarray, path: Path, dim: int | None = None) -> np.ndarra
         return check_embeddings(array, field=str(path), dim=dim)
     except InputError as exc:
         raise DataError(str(exc)) from None
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def load_metadata(path: Path | None, ids: tuple[str, ...]) -> tuple[Metadata, ...]:
+    """Metadata per gallery row from JSON lines ``{"id": ..., ...}`` (the other keys are the
+    item's metadata). Every line must name a gallery id, each at most once; rows without a line
+    get None. A mistake is a DataError naming the file and line, never a half-loaded gallery."""
+    if path is None:
+        return (None,) * len(ids)
+    rows = {item_id: row for row, item_id in enumerate(ids)}
+    out: list[Metadata] = [None] * len(ids)
+    seen: set[str] = set()
+    unknown: list[str] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read gallery metadata ({exc})") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:  # NaN/Infinity are not JSON: they could not be returned "as is" (PUT refuses them)
+            record = json.loads(line, parse_constant=_no_constant)
+        except ValueError as exc:
+            raise DataError(f"{path}:{number}: not valid JSON ({exc})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+            raise DataError(f'{path}:{number}: expected an object {{"id": "<gallery id>", ...}}')
+        item_id = record.pop("id")
+        if item_id in seen:
+            raise DataError(f"{path}:{number}: id {item_id!r} appears twice")
+        seen.add(item_id)
+        if item_id not in rows:
+            unknown.append(item_id)
+            continue
+        out[rows[item_id]] = record
+    if unknown:
+        shown = ", ".join(repr(i) for i in unknown[:5]) + (" …" if len(unknown) > 5 else "")
+        raise DataError(f"{path}: {len(unknown)} id(s) not in the gallery: {shown}")
+    return tuple(out)
 
 
 class ProgressLog:
@@ -53,6 +97,17 @@ class ProgressLog:
                 elapsed,
                 extra={"percent": percent, "seconds": round(elapsed, 1)},
             )
+
+
+def content_digest(embeddings: np.ndarray, banks_digest: str) -> str:
+    """What a precompute depends on: the gallery rows as loaded (file or snapshot) and the
+    banks. Keyed by content, a restart after ``POST /admin/snapshot`` finds the entry the
+    snapshot wrote, and a gallery file that was rewritten with the same rows still hits."""
+    digest = hashlib.sha256(banks_digest.encode())
+    array = np.ascontiguousarray(embeddings, dtype=np.float32)
+    digest.update(str(array.shape).encode())
+    digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -103,7 +158,7 @@ def load_engine(settings: Settings, opened: OpenedStore | None = None) -> Engine
     else:
         raw = load_embeddings(gallery_path)
         ids = tuple(load_ids(ids_path, raw.shape[0]))
-        metadata = (None,) * len(ids)
+        metadata = load_metadata(settings.gallery_metadata, ids)
         gallery = _checked(raw, gallery_path, dim=banks.dim)
     loaded = time.perf_counter()
 
@@ -115,9 +170,13 @@ def load_engine(settings: Settings, opened: OpenedStore | None = None) -> Engine
         "invgc": asdict(invgc) if invgc else None,
         "hub_topk": screening.k,
     }
-    data_digest = file_digest(gallery_path, ids_path, bq_path, bg_path)
-    key = cache.cache_key(f"{data_digest}:{snapshot.seq if snapshot else 0}", params)
+    banks_digest = file_digest(bq_path, bg_path)
     cache_dir = settings.data_dir / "cache"
+
+    def cache_key(embeddings: np.ndarray) -> str:
+        return cache.cache_key(content_digest(embeddings, banks_digest), params)
+
+    key = cache_key(gallery)
     prepared = None
     if settings.cache:
         prepared = cache.load(cache_dir, key, banks.sizes, gallery)
@@ -140,7 +199,15 @@ def load_engine(settings: Settings, opened: OpenedStore | None = None) -> Engine
     )
     for change in changes:
         engine.apply(change, record=False)
-    engine.attach_store(store)
+
+    def cache_snapshot(state: GalleryState) -> None:
+        """The next start loads this snapshot: store its precompute (the served views) now."""
+        if settings.cache:
+            key = cache_key(state.original.embeddings)
+            cache.save(cache_dir, key, PreparedItems(state.original, state.adjusted))
+            cache.keep_only(cache_dir, key)  # the entries of older galleries: never loaded again
+
+    engine.attach_store(store, on_compact=cache_snapshot)
     if store.due_for_compaction:  # a long log replayed now would be replayed at every start
         try:
             engine.compact()

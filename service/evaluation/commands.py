@@ -15,8 +15,25 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DATASET = Path("var/datasets/wordnet-e5")
-DEFAULT_OUT = Path("docs/results")
+from service.settings import DEMO_DIR
+
+#: the bundled demo (a complete dataset): both commands run on a fresh clone without arguments
+DEFAULT_DATASET = DEMO_DIR
+#: under var/ (ignored by git): a run never overwrites the committed docs/results by default
+DEFAULT_OUT = Path("var/results")
+
+
+def _load(directory: Path) -> Any:
+    """The dataset, or SystemExit with one line saying what is missing and how to make it."""
+    from service.datasets.build import load_dataset
+
+    try:
+        return load_dataset(directory)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(
+            f"{exc}; build one with `hubless build-dataset --out {directory}`, or omit "
+            "--dataset to use the bundled demo"
+        ) from None
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -175,7 +192,6 @@ SERVICE_NOTES = (
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from service.algorithms import METHODS, Banks
-    from service.datasets.build import load_dataset
     from service.evaluation.evaluate import (
         Evaluation,
         Table,
@@ -188,7 +204,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from service.evaluation.report import markdown_table, write_report
     from service.settings import Settings
 
-    dataset = load_dataset(args.dataset)
+    dataset = _load(args.dataset)
     split = Split.from_arrays(
         "test", dataset.queries, dataset.gallery, dataset.gallery_ids, dataset.query_truth
     )
@@ -260,12 +276,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_tune(args: argparse.Namespace) -> int:
     from service.algorithms import Banks
-    from service.datasets.build import load_dataset
     from service.evaluation.methods import Split
     from service.evaluation.report import write_json
     from service.evaluation.tune import Grid, tune
 
-    dataset = load_dataset(args.dataset)
+    dataset = _load(args.dataset)
     # only the validation split (and the banks) from here on: the test split is never read
     split = Split.from_arrays(
         "val",

@@ -1,6 +1,6 @@
-"""Deliberately naive reference implementations of SPEC.md, for testing ``service.algorithms``.
+"""Deliberately naive reference implementations of docs/spec.md, for testing ``service.algorithms``.
 
-Everything here is written from SPEC.md alone: explicit Python loops, float64, the papers'
+Everything here is written from docs/spec.md alone: explicit Python loops, float64, the papers'
 product forms with plain ``np.exp``, sets for activation sets. Nothing is imported from the
 code under test, so an agreement between the two is evidence, not a tautology. Slow by design:
 use on small inputs only.
@@ -165,7 +165,7 @@ def method_scores(
     nnn_alpha: float = 0.75,
     csls_topk: int = 10,
 ) -> np.ndarray:
-    """(m, n) scores of SPEC.md's definitions, one (q, g) pair at a time.
+    """(m, n) scores of docs/spec.md's definitions, one (q, g) pair at a time.
 
     Methods: raw, is, dis, dualis, dualdis, nnn, csls (ours: 2s − r_BQ(g)) and csls_full
     (2s − r_BQ(g) − r(q), r(q) the mean top-k similarity of q to the gallery).

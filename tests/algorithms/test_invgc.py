@@ -1,4 +1,4 @@
-"""InvGC (full adjacency and LocalAdj) against the naive formulas of SPEC.md."""
+"""InvGC (full adjacency and LocalAdj) against the naive formulas of docs/spec.md."""
 
 from __future__ import annotations
 

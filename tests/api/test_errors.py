@@ -270,3 +270,52 @@ def test_large_finite_values_keep_their_direction(limited: TestClient, demo: Dem
     assert [h["id"] for h in large.json()["results"][0]] == [h["id"] for h in plain["results"][0]]
     tiny = {"query": [1e-30] * DIM}  # below float32's usable norm: no direction
     assert_error(limited.post("/search", json=tiny), 422, "query", "zero")
+
+
+# --- strict types, unknown query parameters, content type (issue 15) ------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("k", True), ("k", "3"), ("k", 2.0), ("invgc", "yes"), ("invgc", 1), ("offset", "1")],
+)
+def test_json_values_of_another_type_are_refused_not_coerced(
+    limited: TestClient, field: str, value: object
+) -> None:
+    response = limited.post("/search", json={"query": _vector(), field: value})
+    assert_error(response, 422, field)
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/gallery", {"limt": "5"}),
+        ("/gallery/ID", {"embeding": "true"}),
+        ("/healthz", {"verbose": "1"}),
+        ("/diagnostics", {"k": "5", "method": "raw"}),
+    ],
+)
+def test_unknown_query_parameters_are_refused(
+    limited: TestClient, demo: DemoFiles, path: str, params: dict[str, str]
+) -> None:
+    response = limited.get(path.replace("ID", demo.ids[0]), params=params)
+    error = assert_error(response, 422)
+    assert "unknown query parameter" in error["message"]
+    assert "['k']" not in error["message"].split(";")[0]  # only the unknown ones are named
+
+
+def test_unknown_query_parameters_of_a_post_are_refused(limited: TestClient) -> None:
+    response = limited.post("/search", json={"query": _vector()}, params={"k": "3"})
+    assert "unknown query parameter(s) ['k']" in assert_error(response, 422)["message"]
+
+
+def test_a_body_without_content_type_says_json_is_expected(limited: TestClient) -> None:
+    body = json.dumps({"query": _vector()}).encode()
+    for path in ("/search", "/gallery/delete"):
+        response = limited.post(path, content=body)  # no content-type header
+        error = assert_error(response, 415, "body")
+        assert "expected application/json" in error["message"]
+    response = limited.post(
+        "/search", content=body, headers={"content-type": "application/json; charset=utf-8"}
+    )
+    assert response.status_code == 200, response.text

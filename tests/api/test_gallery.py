@@ -126,7 +126,11 @@ def test_insert_update_delete_round_trip(serve: Serve, demo: DemoFiles) -> None:
         "warnings": [],
     }
     assert_error(client.get(_path("new-0")), 404, "id")
+    # a repeated id is refused, as PUT refuses one (nothing deleted)
     response = client.post("/gallery/delete", json={"ids": ["new-1", "new-2", "new-1"]})
+    assert_error(response, 422, "ids")
+    assert "duplicate ids: ['new-1']" in response.json()["error"]["message"]
+    response = client.post("/gallery/delete", json={"ids": ["new-1", "new-2"]})
     assert response.json() == {
         "version": 5,
         "size": 300,

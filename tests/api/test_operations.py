@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -111,6 +113,10 @@ def test_openapi_documents_every_route(client: TestClient) -> None:
         "offset",
         "score_threshold",
         "invgc",
+        "query_ids",
+        "texts",
+        "filter",
+        "with_metadata",
     }
     for status in ("413", "422"):
         error = spec["paths"]["/search"]["post"]["responses"][status]["content"]
@@ -131,3 +137,22 @@ def test_admin_snapshot_keeps_the_gallery(serve: Serve, probes: np.ndarray) -> N
         "version": 2,
     }
     assert search(client, probes[:3], k=5) == before
+
+
+def test_docs_work_offline_with_an_authorize_button(client: TestClient) -> None:
+    """/docs loads Swagger UI from the service itself (no CDN: blank offline otherwise), and
+    the OpenAPI declares both ways of presenting the API key."""
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page.text), page.text
+    assert "https://" not in page.text and "http://" not in page.text
+    assets = re.findall(r"""(?:src|href)="(/docs/assets/[^"]+)""", page.text)
+    assert len(assets) >= 2
+    for asset in assets:
+        assert client.get(asset).status_code == 200, asset
+    spec = client.get("/openapi.json").json()
+    schemes = spec["components"]["securitySchemes"]
+    assert {"type": "http", "scheme": "bearer"}.items() <= schemes["HTTPBearer"].items()
+    assert schemes["APIKeyHeader"]["name"] == "X-API-Key"
+    assert {"HTTPBearer": []} in spec["paths"]["/gallery"]["put"]["security"]
+    assert client.get("/redoc").status_code == 404  # ReDoc exists only on a CDN

@@ -1,4 +1,4 @@
-"""POST /search: every method on both views against SPEC.md computed here with numpy, and the
+"""POST /search: every method on both views against docs/spec.md computed here with numpy, and the
 request options (single query, k, offset, score_threshold, defaults)."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def _mean_topk(sims: np.ndarray, k: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Reference:
-    """SPEC.md in float64 numpy, written from the spec (nothing from ``service.algorithms``)."""
+    """docs/spec.md in float64 numpy, from the spec (nothing from ``service.algorithms``)."""
 
     gallery: np.ndarray  # original, normalised
     query_bank: np.ndarray

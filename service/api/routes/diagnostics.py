@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from service.algorithms import METHODS, InputError
-from service.api.convert import to_embeddings
+from service.api.convert import text_embeddings, to_embeddings
 from service.api.errors import error_responses
 from service.api.jsonio import OrjsonRoute
 from service.api.limits import check_hits
@@ -107,15 +107,21 @@ async def diagnostics_with_probes(
     """The same figures for the caller's own probe queries; with ``truth_ids`` also R@k,
     median/mean rank and MRR."""
     k = _checked_k(body.k, runtime)
-    count = len(body.queries) if isinstance(body.queries, list) else 1
+    given = body.texts if body.texts is not None else body.queries
+    count = len(given) if isinstance(given, list) else 1
     check_hits(count, k, runtime.settings, what="probes")
     return await runtime.heavy.run(_diagnose_probes, body, k, engine, runtime)
 
 
 def _diagnose_probes(body: DiagnosticsRequest, k: int, engine: Engine, runtime: Runtime) -> dict:
     settings = runtime.settings
-    rows = checked_vectors(body.queries, "queries")
-    probes = to_embeddings(rows, field="queries", dim=engine.dim, limit=settings.max_queries)
+    if body.texts is not None:
+        probes = text_embeddings(
+            body.texts, encoder=settings.encoder, dim=engine.dim, limit=settings.max_queries
+        )
+    else:
+        rows = checked_vectors(body.queries, "queries")
+        probes = to_embeddings(rows, field="queries", dim=engine.dim, limit=settings.max_queries)
     if body.truth_ids is not None and len(body.truth_ids) != probes.shape[0]:
         expected = f"expected {probes.shape[0]} ids (one per query), got {len(body.truth_ids)}"
         raise InputError("truth_ids", expected)

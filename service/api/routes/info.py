@@ -30,6 +30,6 @@ def info(engine: EngineDep, runtime: RuntimeDep) -> dict:
         "invgc": settings.invgc,
         "gallery_size": state.size,
         "gallery_version": state.version,
-        "encoder": None,  # HUBLESS_ENCODER (text queries) is wired here once it exists
+        "encoder": settings.encoder,
         "auth_reads": settings.auth_reads,
     }

@@ -7,7 +7,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.errors import ApiError, error_responses
 from service.api.models import Health, Readiness
-from service.api.runtime import EngineDep, RuntimeDep, check_key, require_read, require_write
+from service.api.runtime import (
+    EngineDep,
+    RuntimeDep,
+    check_key,
+    no_unknown_query,
+    require_read,
+    require_write,
+)
 
 router = APIRouter(tags=["operations"])
 
@@ -16,7 +23,7 @@ router = APIRouter(tags=["operations"])
 # saturated thread pool (heavy searches, diagnostics, writes) never delays them.
 
 
-@router.get("/healthz", response_model=Health)
+@router.get("/healthz", response_model=Health, dependencies=[Depends(no_unknown_query)])
 async def healthz() -> dict:
     """200 while the process lives (liveness)."""
     return {"status": "ok"}
@@ -26,6 +33,7 @@ async def healthz() -> dict:
     "/readyz",
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "Starting or failed"}},
+    dependencies=[Depends(no_unknown_query)],
 )
 async def readyz(runtime: RuntimeDep, request: Request, response: Response) -> dict:
     """200 once the gallery is loaded and precomputed; 503 before (or if startup failed).

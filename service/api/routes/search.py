@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 from fastapi import APIRouter, Depends
 
 from service.algorithms import InputError
-from service.api.convert import to_embeddings
+from service.api.convert import text_embeddings, to_embeddings
 from service.api.errors import error_responses
 from service.api.jsonio import OrjsonResponse, OrjsonRoute
 from service.api.limits import check_hits
 from service.api.models import SearchRequest, SearchResponse
 from service.api.runtime import EngineDep, Runtime, RuntimeDep, require_read
 from service.engine import Engine, SearchResult
+from service.engine.filters import compile_filter
 
 router = APIRouter(tags=["search"], dependencies=[Depends(require_read)], route_class=OrjsonRoute)
 
@@ -22,13 +26,13 @@ DEFAULT_K = 10
     "/search",
     response_model=SearchResponse,
     response_class=OrjsonResponse,
-    responses=error_responses(400, 401, 413, 422, 503),
+    responses=error_responses(400, 401, 404, 413, 422, 503),
     summary="Search the gallery with hubness-aware normalisation",
 )
 async def search(body: SearchRequest, engine: EngineDep, runtime: RuntimeDep) -> OrjsonResponse:
     """Top-k gallery items for each query, ranked by the chosen method's normalised score.
 
-    Scores are those of SPEC.md (monotone in the papers' products); ``similarity`` is the raw
+    Scores are those of docs/spec.md (monotone in the papers' products); ``similarity`` is the raw
     cosine to the original gallery item. ``offset`` and ``score_threshold`` apply after
     normalisation. At most HUBLESS_MAX_HITS hits (queries × (k + offset)) per request.
     """
@@ -45,8 +49,8 @@ def _search(body: SearchRequest, k: int, engine: Engine, runtime: Runtime) -> Or
     settings = runtime.settings
     method = body.method or settings.default_method
     invgc = settings.invgc if body.invgc is None else body.invgc
-    field = "queries" if body.queries is not None else "query"
-    queries = to_embeddings(body.batch(), field=field, dim=engine.dim, limit=settings.max_queries)
+    queries = query_embeddings(body, engine, runtime)
+    spec = body.filter.model_dump(exclude_none=True) if body.filter is not None else None
     result = engine.search(
         queries,
         k=k,
@@ -54,11 +58,31 @@ def _search(body: SearchRequest, k: int, engine: Engine, runtime: Runtime) -> Or
         invgc=invgc,
         offset=body.offset,
         score_threshold=body.score_threshold,
+        where=compile_filter(spec) if spec is not None else None,
+        where_key=json.dumps(spec, sort_keys=True) if spec is not None else None,
+        with_metadata=body.with_metadata,
+        query_ids=body.query_ids,
     )
-    runtime.metrics.search_queries.labels(method, str(invgc).lower()).inc(queries.shape[0])
+    count = len(result.ids)
+    runtime.metrics.search_queries.labels(method, str(invgc).lower()).inc(count)
     # the body is built to match SearchResponse (the documented schema) and serialised by
     # orjson directly: re-validating 64 × k hits through pydantic would double the cost
     return OrjsonResponse(response_body(result, method, invgc, k, body.offset))
+
+
+def query_embeddings(body: SearchRequest, engine: Engine, runtime: Runtime) -> np.ndarray | None:
+    """The request's query vectors: given, or embedded from texts; None for ``query_ids``
+    (the engine reads the stored embeddings from the very state it searches)."""
+    settings = runtime.settings
+    field, limit = body.query_field, settings.max_queries
+    if field == "query_ids":
+        if len(body.query_ids or ()) > limit:
+            raise InputError(field, f"{len(body.query_ids or ())} ids; the limit is {limit}")
+        return None
+    if field == "texts":
+        texts = body.texts or []
+        return text_embeddings(texts, encoder=settings.encoder, dim=engine.dim, limit=limit)
+    return to_embeddings(body.batch(), field=field, dim=engine.dim, limit=limit)
 
 
 def response_body(result: SearchResult, method: str, invgc: bool, k: int, offset: int) -> dict:
@@ -73,6 +97,10 @@ def response_body(result: SearchResult, method: str, invgc: bool, k: int, offset
         ]
         for ids, scores, sims in zip(result.ids, result.scores, result.similarities, strict=True)
     ]
+    if result.metadata is not None:
+        for hits, metadata in zip(results, result.metadata, strict=True):
+            for hit, meta in zip(hits, metadata, strict=True):
+                hit["metadata"] = meta
     return {
         "method": method,
         "invgc": invgc,
