@@ -100,6 +100,29 @@ class Settings(BaseSettings):
     degeneration_sample: int = Field(
         10_000, ge=1, description="Most gallery items Δdeg averages over"
     )
+    # --- live query bank (livebank helper) ---------------------------------------------------
+    live_query_bank: bool = Field(
+        False,
+        description="Served /search queries join the query bank (user data, kept under data_dir)",
+    )
+    live_query_bank_size: int = Field(
+        20_000,
+        ge=1,
+        description="Live query bank: most rows; the file's rows stay, served ones are sampled",
+    )
+    live_query_bank_refresh_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="Live query bank: apply pending rows this often (0: only on request)",
+    )
+    live_query_bank_max_pending: int = Field(
+        10_000,
+        ge=1,
+        description="Live query bank: most pending rows (full: refresh now, drop new ones)",
+    )
+    live_query_bank_seed: int = Field(
+        0, ge=0, description="Live query bank: seed of the reservoir sampling past the size"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -109,8 +132,13 @@ class Settings(BaseSettings):
             self.invgc_params()
         except InputError as exc:
             raise ValueError(str(exc)) from None
-        if (self.query_bank is None) != (self.gallery_bank is None):
-            raise ValueError("set both HUBLESS_QUERY_BANK and HUBLESS_GALLERY_BANK, or neither")
+        # the live query bank may start empty: a gallery bank alone is enough then
+        live_without_file = self.live_query_bank and self.gallery_bank is not None
+        if (self.query_bank is None) != (self.gallery_bank is None) and not live_without_file:
+            raise ValueError(
+                "set both HUBLESS_QUERY_BANK and HUBLESS_GALLERY_BANK, or neither "
+                "(HUBLESS_QUERY_BANK may be left out when HUBLESS_LIVE_QUERY_BANK=true)"
+            )
         return self
 
     def norm_params(self) -> NormParams:
@@ -165,8 +193,10 @@ class Settings(BaseSettings):
             return DEMO_DIR / "gallery_ids.txt"
         return self.gallery_ids
 
-    def bank_paths(self) -> tuple[Path, Path]:
-        if self.query_bank is None or self.gallery_bank is None:
+    def bank_paths(self) -> tuple[Path | None, Path]:
+        """(query bank, gallery bank) files; the query bank is None only for a live query bank
+        started without a file (it fills with served queries)."""
+        if self.gallery_bank is None:
             return DEMO_DIR / "query_bank.npy", DEMO_DIR / "gallery_bank.npy"
         return self.query_bank, self.gallery_bank
 

@@ -185,12 +185,21 @@ class DegenerationOut(BaseModel):
     gallery_size: int
 
 
+class LiveQueryBankOut(BaseModel):
+    size: int = Field(description="Rows in the query bank: the file's, then served queries")
+    pending: int = Field(description="Served queries not applied yet")
+    version: int = Field(description="Bank version: +1 per refresh that changed its rows")
+
+
 class DiagnosticsResponse(BaseModel):
     version: int
     gallery_size: int
     probe_source: str = Field(description="'query_bank' (a sample of it) or 'request'")
     degeneration: list[DegenerationOut]
     methods: list[MethodDiagnosticsOut]
+    live_query_bank: LiveQueryBankOut | None = Field(
+        description="The live query bank (null when HUBLESS_LIVE_QUERY_BANK is off)"
+    )
 
 
 # --- operations -----------------------------------------------------------------------------

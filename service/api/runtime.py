@@ -26,14 +26,31 @@ class Runtime:
     engine: Engine | None = None
     status: Status = "starting"
     error: str | None = None
+    closed: bool = False
     diagnostics_lock: threading.Lock = field(default_factory=threading.Lock)
-    diagnostics_cache: dict[tuple[int, int], Diagnostics] = field(default_factory=dict)
+    #: keyed by (gallery version, live query bank version, k)
+    diagnostics_cache: dict[tuple[int, int, int], Diagnostics] = field(default_factory=dict)
 
     def record_state(self) -> None:
         if self.engine is not None:
             state = self.engine.state
             self.metrics.gallery_size.set(state.size)
             self.metrics.gallery_version.set(state.version)
+            live = self.live_bank_status()
+            if live is not None:
+                self.metrics.query_bank_size.set(live["size"])
+                self.metrics.query_bank_pending.set(live["pending"])
+
+    def live_bank_status(self) -> dict[str, int] | None:
+        """``{"size", "pending", "version"}`` of the live query bank; None when it is off."""
+        live = self.engine.live_bank if self.engine is not None else None
+        return live.status().as_dict() if live is not None else None
+
+    def close(self) -> None:
+        """At shutdown: stop the live bank's thread and commit its pending rows."""
+        self.closed = True
+        if self.engine is not None and self.engine.live_bank is not None:
+            self.engine.live_bank.close()
 
 
 def get_runtime(request: Request) -> Runtime:

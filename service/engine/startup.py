@@ -5,6 +5,7 @@ Logs what it did and how long each step took. The result is a ready :class:`Engi
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import asdict
@@ -17,8 +18,11 @@ from service.algorithms.scan import scan_progress
 from service.backends import backend_factory
 from service.engine import cache
 from service.engine.engine import Engine
+from service.engine.live_bank import LiveQueryBank
 from service.engine.loading import DataError, file_digest, load_embeddings, load_ids
 from service.engine.persistence import GalleryStore
+from service.engine.query_bank_store import FILE_NAME as QUERY_BANK_FILE
+from service.engine.query_bank_store import QueryBankStore
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,14 +58,35 @@ class ProgressLog:
             )
 
 
+def _load_banks(bq_path: Path | None, bg_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(query bank, gallery bank) from their files, normalised; without a query-bank file (a
+    live query bank's first start) the query bank is empty."""
+    if bq_path is None:
+        gallery_bank = _checked(load_embeddings(bg_path), bg_path)
+        return np.empty((0, gallery_bank.shape[1]), gallery_bank.dtype), gallery_bank
+    query_bank = _checked(load_embeddings(bq_path), bq_path)
+    return query_bank, _checked(load_embeddings(bg_path), bg_path, dim=query_bank.shape[1])
+
+
+def open_live_bank(settings: Settings, file_rows: np.ndarray) -> LiveQueryBank:
+    """The live query bank: the bank file's rows and the served rows stored under data_dir."""
+    return LiveQueryBank(
+        file_rows,
+        QueryBankStore(settings.data_dir / QUERY_BANK_FILE),
+        capacity=settings.live_query_bank_size,
+        max_pending=settings.live_query_bank_max_pending,
+        seed=settings.live_query_bank_seed,
+    )
+
+
 def load_engine(settings: Settings) -> Engine:
     """Build the engine the settings describe; raises DataError for unusable input files."""
     started = time.perf_counter()
     gallery_path, ids_path = settings.gallery_path(), settings.gallery_ids_path()
     bq_path, bg_path = settings.bank_paths()
-    query_bank = _checked(load_embeddings(bq_path), bq_path)
-    gallery_bank = _checked(load_embeddings(bg_path), bg_path, dim=query_bank.shape[1])
-    banks = Banks(query_bank, gallery_bank)
+    query_file, gallery_bank = _load_banks(bq_path, bg_path)
+    live = open_live_bank(settings, query_file) if settings.live_query_bank else None
+    banks = Banks(live.rows() if live else query_file, gallery_bank)
     raw = load_embeddings(gallery_path)
     ids = tuple(load_ids(ids_path, raw.shape[0]))
     metadata: tuple[None, ...] = (None,) * len(ids)
@@ -79,6 +104,8 @@ def load_engine(settings: Settings) -> Engine:
     invgc = settings.invgc_params() if settings.invgc else None
     params = {"norm": asdict(norm), "invgc": asdict(invgc) if invgc else None}
     data_digest = file_digest(gallery_path, ids_path, bq_path, bg_path)
+    if live is not None:  # the served rows are inputs of the precompute too
+        data_digest += hashlib.sha256(live.served.tobytes()).hexdigest()
     key = cache.cache_key(f"{data_digest}:{snapshot.seq if snapshot else 0}", params)
     cache_dir = settings.data_dir / "cache"
     prepared = cache.load(cache_dir, key, norm.dis_topk, banks.sizes) if settings.cache else None
@@ -100,6 +127,7 @@ def load_engine(settings: Settings) -> Engine:
     for change in changes:
         engine.apply(change, record=False)
     engine.attach_store(store)
+    engine.live_bank = live
     log.info(
         "engine ready",
         extra={

@@ -77,6 +77,7 @@ ROUTES = {
     ("/readyz", "get"): (None, "Readiness"),
     ("/metrics", "get"): (None, None),
     ("/admin/snapshot", "post"): (None, "Readiness"),
+    ("/admin/query-bank/refresh", "post"): (None, "LiveQueryBankOut"),
 }
 
 

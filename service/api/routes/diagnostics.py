@@ -23,8 +23,9 @@ router = APIRouter(
 ERRORS = error_responses(400, 401, 404, 413, 422, 503)
 
 
-def _out(diag: Diagnostics) -> dict:
+def _out(diag: Diagnostics, runtime: Runtime) -> dict:
     return {
+        "live_query_bank": runtime.live_bank_status(),
         "version": diag.version,
         "gallery_size": diag.gallery_size,
         "probe_source": diag.probe_source,
@@ -69,10 +70,17 @@ def diagnostics(
     settings = runtime.settings
     k = _checked_k(k, runtime)
     with runtime.diagnostics_lock:  # one computation per gallery version, not one per caller
-        key = (engine.state.version, k)
+        live = runtime.live_bank_status()
+        key = (engine.state.version, live["version"] if live else 0, k)
         diag = runtime.diagnostics_cache.get(key)
         if diag is None:
             probes = probe_sample(engine.banks.query_bank, settings.diagnostics_probes)
+            if not probes.shape[0]:
+                message = (
+                    "the live query bank has no rows yet, so there are no probes: "
+                    "POST /diagnostics with your own queries"
+                )
+                raise InputError("query_bank", message)
             diag = diagnose(
                 engine,
                 probes,
@@ -81,9 +89,9 @@ def diagnostics(
                 degeneration_sample=settings.degeneration_sample,
             )
             runtime.diagnostics_cache.clear()
-            runtime.diagnostics_cache[(diag.version, k)] = diag
+            runtime.diagnostics_cache[key] = diag
             _publish(runtime, diag)
-    return _out(diag)
+    return _out(diag, runtime)
 
 
 @router.post("", response_model=DiagnosticsResponse, responses=ERRORS)
@@ -109,4 +117,4 @@ def diagnostics_with_probes(
         truth_ids=body.truth_ids,
         methods=tuple(body.methods) if body.methods else METHODS,
     )
-    return _out(diag)
+    return _out(diag, runtime)

@@ -48,6 +48,8 @@ def search(body: SearchRequest, engine: EngineDep, runtime: RuntimeDep) -> Orjso
         score_threshold=body.score_threshold,
     )
     runtime.metrics.search_queries.labels(method, str(invgc).lower()).inc(queries.shape[0])
+    if engine.live_bank is not None:  # served queries join the live query bank (O(m·d) copy)
+        engine.live_bank.offer(queries)
     # the body is built to match SearchResponse (the documented schema) and serialised by
     # orjson directly: re-validating 64 × k hits through pydantic would double the cost
     return OrjsonResponse(response_body(result, method, invgc, k, body.offset))
