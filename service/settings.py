@@ -111,7 +111,7 @@ class Settings(BaseSettings):
         description="Live query bank: most rows; the file's rows stay, served ones are sampled",
     )
     live_query_bank_refresh_seconds: float = Field(
-        60.0,
+        600.0,
         ge=0,
         description="Live query bank: apply pending rows this often (0: only on request)",
     )
@@ -138,6 +138,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "set both HUBLESS_QUERY_BANK and HUBLESS_GALLERY_BANK, or neither "
                 "(HUBLESS_QUERY_BANK may be left out when HUBLESS_LIVE_QUERY_BANK=true)"
+            )
+        if self.live_query_bank and self.read_only:
+            raise ValueError(
+                "HUBLESS_LIVE_QUERY_BANK rewrites every statistic: turn it on at the writer, "
+                "not on a read-only replica (HUBLESS_MILVUS_READ_ONLY=true)"
             )
         return self
 

@@ -4,6 +4,7 @@ query-bank file works."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -150,8 +151,29 @@ def test_prometheus_gauges_of_the_live_bank(serve: Serve) -> None:
     assert "hubless_query_bank_pending 3.0" in metrics
 
 
+def test_the_background_refresh_applies_pending_rows(serve: Serve) -> None:
+    client = serve(live_query_bank=True, live_query_bank_refresh_seconds=0.05)
+    search(client, demo_queries(4, start=300)[0])
+    deadline = time.monotonic() + 30
+    while client.get("/diagnostics").json()["live_query_bank"]["pending"]:
+        assert time.monotonic() < deadline, "the background refresh never ran"
+        time.sleep(0.05)
+    assert client.app.state.runtime.engine.banks.sizes[0] == 404
+
+
+def test_a_full_pending_buffer_triggers_the_refresh(serve: Serve) -> None:
+    client = serve(**LIVE, live_query_bank_max_pending=8)  # no timer: only a full buffer
+    search(client, demo_queries(10, start=300)[0])  # 8 pending, 2 not collected
+    deadline = time.monotonic() + 30
+    while client.app.state.runtime.engine.banks.sizes[0] != 408:
+        assert time.monotonic() < deadline, "a full buffer did not wake the refresh"
+        time.sleep(0.05)
+
+
 def test_settings_allow_a_missing_query_bank_only_for_the_live_bank(demo: DemoFiles) -> None:
     with pytest.raises(ValueError, match="HUBLESS_QUERY_BANK may be left out"):
         Settings(gallery_bank=demo.gallery_bank)
     settings = Settings(gallery_bank=demo.gallery_bank, live_query_bank=True)
     assert settings.bank_paths() == (None, demo.gallery_bank)
+    with pytest.raises(ValueError, match="not on a read-only replica"):
+        Settings(live_query_bank=True, backend="milvus", milvus_read_only=True)
