@@ -123,7 +123,10 @@ def invgc_adjust(
     for which, (bank, rate) in enumerate(banks):
         if params.adjacency == "full":
             # float64: the engine keeps the mean of a changing gallery as a float64 running sum
-            mean = items.mean(axis=0, dtype=np.float64) if gallery_mean is None else gallery_mean
+            # (sum / n is numpy's mean, bitwise, and 0 for an empty gallery instead of NaN)
+            mean = gallery_mean
+            if mean is None:
+                mean = items.sum(axis=0, dtype=np.float64) / max(1, items.shape[0])
             full = FullPush.build(bank, rate, mean.astype(items.dtype))
             pushes.append(lambda rows, full=full: full(items[rows]))
             continue

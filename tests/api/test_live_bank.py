@@ -67,11 +67,14 @@ def assert_same_results(live: Engine, fresh: Engine, queries: np.ndarray) -> Non
             )
 
 
-@pytest.mark.parametrize("adjacency", ["local", "full"])
+@pytest.mark.parametrize(
+    ("adjacency", "backend"), [("local", "exact"), ("full", "exact"), ("local", "faiss")]
+)
 def test_after_a_refresh_every_method_equals_a_fresh_start(
-    serve: Serve, demo: DemoFiles, tmp_path: Path, adjacency: str
+    serve: Serve, demo: DemoFiles, tmp_path: Path, adjacency: str, backend: str
 ) -> None:
-    client = serve(**LIVE, invgc_adjacency=adjacency)
+    options = {"invgc_adjacency": adjacency, "backend": backend}
+    client = serve(**LIVE, **options)
     engine: Engine = client.app.state.runtime.engine
     before = engine.search(held_out(), k=10, method="is", invgc=True)
     search(client, demo_queries(40, start=300)[0], method="raw")
@@ -83,7 +86,7 @@ def test_after_a_refresh_every_method_equals_a_fresh_start(
     assert engine.banks.sizes == (440, 400) and engine.state.size == 302
     after = engine.search(held_out(), k=10, method="is", invgc=True)
     assert after.scores[0][0] != before.scores[0][0]  # the statistics did change
-    fresh = fresh_engine(engine, demo, tmp_path / "fresh", invgc_adjacency=adjacency)
+    fresh = fresh_engine(engine, demo, tmp_path / "fresh", **options)
     assert_same_results(engine, fresh, held_out())
 
 

@@ -221,3 +221,21 @@ def test_gallery_changes_during_a_refresh_wait_and_are_kept(tmp_path: Path) -> N
     # the same float32 reductions of the same products: equal to a few ulps of values ≲ 3
     np.testing.assert_allclose(state.original.stats[row], expected[0], rtol=0, atol=1e-6)
     live.store.close()
+
+
+@pytest.mark.parametrize("adjacency", ["local", "full"])
+def test_a_refresh_of_an_empty_gallery(tmp_path: Path, adjacency: str) -> None:
+    settings_ = write_demo_slices(tmp_path / "in").settings(
+        tmp_path / "var", live_query_bank=True, cache=False, invgc_adjacency=adjacency
+    )
+    engine = load_engine(settings_)
+    live = engine.live_bank
+    assert live is not None
+    engine.delete(list(engine.state.ids))
+    queries = unit_queries(3)
+    live.offer(queries)
+    assert live.refresh(engine).size == 403
+    assert engine.search(queries, k=3, method="dualdis", invgc=True).ids == [[], [], []]
+    engine.upsert(["only"], queries[:1], [None])
+    assert engine.search(queries, k=3, method="dualdis", invgc=True).ids == [["only"]] * 3
+    live.store.close()
