@@ -198,7 +198,7 @@ class DiagnosticsResponse(BaseModel):
     degeneration: list[DegenerationOut]
     methods: list[MethodDiagnosticsOut]
     live_query_bank: LiveQueryBankOut | None = Field(
-        description="The live query bank (null when HUBLESS_LIVE_QUERY_BANK is off)"
+        None, description="The live query bank (null when HUBLESS_LIVE_QUERY_BANK is off)"
     )
 
 
