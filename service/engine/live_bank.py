@@ -126,7 +126,7 @@ class LiveQueryBank:
         """Queue served queries (m, d), normalised; O(m·d), never waits for a refresh. Beyond
         ``max_pending`` pending rows the rest are dropped (counted in ``dropped``)."""
         with self._pending_lock:
-            room = self.max_pending - self._pending_rows
+            room = max(0, self.max_pending - self._pending_rows)  # a put-back may overfill
             taken = queries[:room]
             if taken.shape[0]:
                 self._pending.append(np.array(taken, dtype=np.float32))

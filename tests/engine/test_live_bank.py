@@ -180,12 +180,16 @@ def test_a_failed_refresh_changes_nothing_and_keeps_its_rows(tmp_path: Path) -> 
         live.refresh(engine)
     assert engine.state is state and engine.banks is banks
     assert live.status().as_dict() == {"size": 400, "pending": 5, "version": 0}
+    live.max_pending = 3  # the rows put back may overfill the buffer: nothing more joins
+    live.offer(unit_queries(2))
+    assert (live.status().pending, live.dropped) == (5, 2)
     live.store.close()
 
 
-def test_gallery_changes_during_a_refresh_wait_and_are_kept(tmp_path: Path) -> None:
-    """The refresh holds the write lock: an upsert sent meanwhile waits, then applies to the
-    new banks (its stats are those of the extended bank)."""
+def test_during_a_refresh_searches_go_on_and_gallery_changes_wait(tmp_path: Path) -> None:
+    """The refresh holds the write lock: searches (and their joining the bank) go on with the
+    previous state; an upsert sent meanwhile waits, then applies to the new banks (its stats
+    are those of the extended bank), so no change is lost."""
     settings_ = write_demo_slices(tmp_path / "in").settings(
         tmp_path / "var", live_query_bank=True, cache=False
     )
@@ -208,6 +212,11 @@ def test_gallery_changes_during_a_refresh_wait_and_are_kept(tmp_path: Path) -> N
     item = unit_queries(1, start=500)
     upsert = threading.Thread(target=engine.upsert, args=(["late"], item, [None]))
     upsert.start()
+    # searches and their joining the bank go on meanwhile (on the previous state)
+    found = engine.search(item, k=1, method="dualdis", invgc=True)
+    assert found.version == 1 and engine.banks.sizes[0] == 400
+    live.offer(item)
+    assert live.status().pending == 1
     time.sleep(0.2)
     assert upsert.is_alive()  # waiting for the refresh's write lock
     release.set()
