@@ -106,6 +106,7 @@ class LiveQueryBank:
         self.dropped = 0  # queries not collected because the pending buffer was full
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0
+        self._applying = 0  # rows taken by the refresh in progress
         self._pending_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._wake = threading.Event()
@@ -117,8 +118,9 @@ class LiveQueryBank:
         return np.concatenate([self.file_rows, self.served])
 
     def status(self) -> LiveBankStatus:
+        """Size and version of the bank served; pending counts rows until they are applied."""
         size = self.file_rows.shape[0] + self.served.shape[0]
-        return LiveBankStatus(size, self._pending_rows, self.version)
+        return LiveBankStatus(size, self._pending_rows + self._applying, self.version)
 
     # --- the search path --------------------------------------------------------------------
 
@@ -141,6 +143,7 @@ class LiveQueryBank:
     def _take(self) -> np.ndarray:
         with self._pending_lock:
             pending, self._pending, self._pending_rows = self._pending, [], 0
+            self._applying = sum(p.shape[0] for p in pending)  # still pending for status()
         return np.concatenate(pending) if pending else np.empty((0, self.dim), np.float32)
 
     def _put_back(self, rows: np.ndarray) -> None:
@@ -148,6 +151,7 @@ class LiveQueryBank:
         with self._pending_lock:
             self._pending.insert(0, rows)
             self._pending_rows += rows.shape[0]
+            self._applying = 0
 
     def refresh(self, engine: Engine | None) -> LiveBankStatus:
         """Apply the pending rows: the next bank, recomputed statistics, committed, swapped in.
@@ -163,6 +167,8 @@ class LiveQueryBank:
             except BaseException:
                 self._put_back(rows)
                 raise
+            finally:
+                self._applying = 0
             return self.status()
 
     def _apply(self, rows: np.ndarray, engine: Engine | None) -> None:
