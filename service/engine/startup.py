@@ -138,6 +138,7 @@ def load_engine(settings: Settings) -> Engine:
             "invgc": invgc.adjacency if invgc else "off",
             "precompute_cached": from_cache,
             "replayed_changes": len(changes),
+            "live_query_bank": live.status().as_dict() if live else None,
             "load_seconds": round(loaded - started, 3),
             "precompute_seconds": round(prepared_at - loaded, 3),
             "total_seconds": round(time.perf_counter() - started, 3),
