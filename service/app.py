@@ -60,6 +60,8 @@ def _start(
         return
     runtime.metrics.precompute_seconds.set(time.perf_counter() - started)
     runtime.engine, runtime.status = engine, "ready"
+    if engine.live_bank is not None and not runtime.closed:
+        engine.live_bank.start(engine, runtime.settings.live_query_bank_refresh_seconds)
     runtime.metrics.ready.set(1)
     runtime.record_state()
 
@@ -87,6 +89,7 @@ def create_app(
         thread.daemon = True
         thread.start()
         yield
+        runtime.close()
 
     app = FastAPI(
         title="hubless",

@@ -168,6 +168,30 @@ class Settings(BaseSettings):
         256 * 1024 * 1024, ge=1, description="… or once the logged changes take this many bytes"
     )
 
+    # --- live query bank (livebank helper) ---------------------------------------------------
+    live_query_bank: bool = Field(
+        False,
+        description="Served /search queries join the query bank (user data, kept under data_dir)",
+    )
+    live_query_bank_size: int = Field(
+        20_000,
+        ge=1,
+        description="Live query bank: most rows; the file's rows stay, served ones are sampled",
+    )
+    live_query_bank_refresh_seconds: float = Field(
+        600.0,
+        ge=0,
+        description="Live query bank: apply pending rows this often (0: only on request)",
+    )
+    live_query_bank_max_pending: int = Field(
+        10_000,
+        ge=1,
+        description="Live query bank: most pending rows (full: refresh now, drop new ones)",
+    )
+    live_query_bank_seed: int = Field(
+        0, ge=0, description="Live query bank: seed of the reservoir sampling past the size"
+    )
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         # the algorithm parameters validate themselves; fail at startup, not on first search
@@ -185,19 +209,30 @@ class Settings(BaseSettings):
                     f"HUBLESS_ENCODER={self.encoder} needs the optional package "
                     f"{missing_package(self.encoder)!r}: {INSTALL_HINT}"
                 )
+        if self.live_query_bank and self.read_only:
+            raise ValueError(
+                "HUBLESS_LIVE_QUERY_BANK rewrites every statistic: turn it on at the writer, "
+                "not on a read-only replica (HUBLESS_MILVUS_READ_ONLY=true)"
+            )
         return self
 
     def _check_banks(self) -> None:
         """The banks must come from where the gallery does: the demo banks only ever serve the
         demo gallery (paired silently with a user's gallery they fail later on the dimension,
-        or worse, they match it and normalise with another model's statistics)."""
-        if (self.query_bank is None) != (self.gallery_bank is None):
-            raise ValueError("set both HUBLESS_QUERY_BANK and HUBLESS_GALLERY_BANK, or neither")
-        if self.gallery is not None and self.query_bank is None:
+        or worse, they match it and normalise with another model's statistics). The live query
+        bank may start empty: a gallery bank alone is enough then."""
+        live_without_file = self.live_query_bank and self.gallery_bank is not None
+        if (self.query_bank is None) != (self.gallery_bank is None) and not live_without_file:
+            raise ValueError(
+                "set both HUBLESS_QUERY_BANK and HUBLESS_GALLERY_BANK, or neither "
+                "(HUBLESS_QUERY_BANK may be left out when HUBLESS_LIVE_QUERY_BANK=true)"
+            )
+        if self.gallery is not None and self.gallery_bank is None:
             raise ValueError(
                 "HUBLESS_GALLERY is set but HUBLESS_QUERY_BANK and HUBLESS_GALLERY_BANK are not: "
                 "give the query and gallery banks of your embedding model (the bundled demo "
-                "banks serve only the bundled demo gallery)"
+                "banks serve only the bundled demo gallery; with HUBLESS_LIVE_QUERY_BANK=true "
+                "the query bank may start empty)"
             )
 
     def norm_params(self) -> NormParams:
@@ -257,8 +292,10 @@ class Settings(BaseSettings):
             return DEMO_DIR / "gallery_ids.txt"
         return self.gallery_ids
 
-    def bank_paths(self) -> tuple[Path, Path]:
-        if self.query_bank is None or self.gallery_bank is None:
+    def bank_paths(self) -> tuple[Path | None, Path]:
+        """(query bank, gallery bank) files; the query bank is None only for a live query bank
+        started without a file (it fills with served queries)."""
+        if self.gallery_bank is None:
             return DEMO_DIR / "query_bank.npy", DEMO_DIR / "gallery_bank.npy"
         return self.query_bank, self.gallery_bank
 

@@ -7,7 +7,8 @@ Each gallery item is pushed away from its neighbours in a bank X (N×d), with ra
   (no centring): ``m_X(g) = normalize(g − (r/K) · Σ_{b in top-K} s(g,b) b)``.
 
 Both banks are used and averaged: ``g' = normalize(0.5 m_BG(g) + 0.5 m_BQ(g))``. Queries are
-never changed.
+never changed. An empty bank (a live query bank before its first row) pushes nothing:
+``m_X(g) = normalize(g)``.
 
 Full adjacency never needs S: ``(S[g] − μ) X = g (XᵀX) − μ Σ_b b`` and
 ``μ = mean(S) = mean(G) · mean(X)``, so each item costs O(d²) given the bank's d×d Gram
@@ -80,6 +81,9 @@ class FullPush:
 
     @classmethod
     def build(cls, bank: np.ndarray, rate: float, gallery_mean: np.ndarray) -> FullPush:
+        if bank.shape[0] == 0:  # an empty bank (live query bank, no rows yet) pushes nothing
+            d = bank.shape[1]
+            return cls(np.zeros((d, d), bank.dtype), np.zeros(d, bank.dtype), 0.0)
         bank_sum = bank.sum(axis=0)
         mu = float(gallery_mean @ bank_sum) / bank.shape[0]  # mean(S) = mean(G)·mean(X)
         return cls(bank.T @ bank, mu * bank_sum, rate / bank.shape[0])
@@ -119,7 +123,10 @@ def invgc_adjust(
     for which, (bank, rate) in enumerate(banks):
         if params.adjacency == "full":
             # float64: the engine keeps the mean of a changing gallery as a float64 running sum
-            mean = items.mean(axis=0, dtype=np.float64) if gallery_mean is None else gallery_mean
+            # (sum / n is numpy's mean, bitwise, and 0 for an empty gallery instead of NaN)
+            mean = gallery_mean
+            if mean is None:
+                mean = items.sum(axis=0, dtype=np.float64) / max(1, items.shape[0])
             full = FullPush.build(bank, rate, mean.astype(items.dtype))
             pushes.append(lambda rows, full=full: full(items[rows]))
             continue

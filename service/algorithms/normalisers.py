@@ -30,7 +30,13 @@ from typing import ClassVar
 
 import numpy as np
 
-from service.algorithms.stats import LME_GALLERY_BANK, LME_QUERY_BANK, STAT_COLUMNS, NormParams
+from service.algorithms.stats import (
+    LME_GALLERY_BANK,
+    LME_QUERY_BANK,
+    STAT_COLUMNS,
+    NormParams,
+    log_bank_sizes,
+)
 from service.algorithms.validation import InputError
 
 
@@ -78,7 +84,7 @@ class Normaliser(ABC):
                 raise ValueError(f"method {self.name!r} needs the queries' top-1 activation")
             coef[:, LME_QUERY_BANK] *= activated[:, 0]
             coef[:, LME_GALLERY_BANK] *= activated[:, 1]
-        log_sizes = np.log(np.asarray(bank_sizes, dtype=np.float64))
+        log_sizes = log_bank_sizes(bank_sizes)
         offsets = coef[:, LME_QUERY_BANK] * log_sizes[0] + coef[:, LME_GALLERY_BANK] * log_sizes[1]
         return QueryPlan(self.similarity_weight, coef, offsets)
 

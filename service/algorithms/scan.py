@@ -136,6 +136,8 @@ def scan_bank(
     """
     n, N = items.shape[0], bank.shape[0]
     dtype = items.dtype
+    if N == 0:
+        return _empty_bank_scan(items, beta, mean_topk, neighbour_k, bank_topk)
     rows = rows or block_rows(N, dtype.itemsize)
     chunk = block_rows(N, dtype.itemsize, CHUNK_BYTES)
     per_row = _RowReductions(beta, tuple(mean_topk), neighbour_k, N)
@@ -171,6 +173,28 @@ def scan_bank(
             report(b * N)
     if top is not None:
         out.bank_top_idx, out.bank_top_sim = top.idx, top.sim
+    return out
+
+
+def _empty_bank_scan(
+    items: np.ndarray,
+    beta: float | None,
+    mean_topk: tuple[int, ...],
+    neighbour_k: int | None,
+    bank_topk: int | None,
+) -> BankScan:
+    """The scan against an empty bank (a live query bank with no rows yet): it has no
+    statistics, so every reduction is the neutral one (0: no bias, no push) and no bank item
+    activates anything."""
+    n, dtype = items.shape[0], items.dtype
+    out = BankScan(topk_means={k: np.zeros(n, dtype) for k in mean_topk})
+    if beta is not None:
+        out.log_mean_exp = np.zeros(n, dtype)
+    if neighbour_k is not None:
+        out.neighbour_sum = np.zeros_like(items)
+    if bank_topk is not None:
+        k = min(bank_topk, n)
+        out.bank_top_idx, out.bank_top_sim = np.empty((0, k), np.int64), np.empty((0, k), dtype)
     return out
 
 

@@ -37,6 +37,16 @@ STAT_COLUMNS = ("lme_query_bank", "lme_gallery_bank", "nnn_mean", "csls_mean")
 LME_QUERY_BANK, LME_GALLERY_BANK, NNN_MEAN, CSLS_MEAN = range(len(STAT_COLUMNS))
 
 
+def log_bank_sizes(bank_sizes: tuple[int, int]) -> np.ndarray:
+    """(2,) float64 ``log |bank|``, the constant that turns log-mean-exp into log Z.
+
+    An empty bank (a live query bank before its first served query) has no statistics: its
+    columns are 0 (see :func:`~service.algorithms.scan.scan_bank`) and its log-size is taken as
+    0, so its term contributes nothing and the method serves raw scores for it.
+    """
+    return np.log(np.maximum(np.asarray(bank_sizes, dtype=np.float64), 1.0))
+
+
 @dataclass(frozen=True)
 class NormParams:
     """Score-normalisation parameters, validated on construction. Named by bank, never β1/β2.

@@ -43,3 +43,11 @@ class Metrics:
             ["method", "invgc"],
             registry=r,
         )
+        self.query_bank_size = Gauge(
+            "hubless_query_bank_size", "Rows in the live query bank", registry=r
+        )
+        self.query_bank_pending = Gauge(
+            "hubless_query_bank_pending",
+            "Served queries waiting to join the live query bank",
+            registry=r,
+        )

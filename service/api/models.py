@@ -425,11 +425,9 @@ class BankSizesOut(BaseModel):
 
 
 class LiveQueryBankOut(BaseModel):
-    """The live query bank (HUBLESS_LIVE_QUERY_BANK): rows, rows not yet applied, version."""
-
-    size: int
-    pending: int
-    version: int
+    size: int = Field(description="Rows in the query bank: the file's, then served queries")
+    pending: int = Field(description="Served queries not applied yet")
+    version: int = Field(description="Bank version: +1 per refresh that changed its rows")
 
 
 class DiagnosticsResponse(BaseModel):
@@ -438,7 +436,7 @@ class DiagnosticsResponse(BaseModel):
     probe_source: str = Field(description="'query_bank' (a sample of it) or 'request'")
     bank_sizes: BankSizesOut
     live_query_bank: LiveQueryBankOut | None = Field(
-        description="null unless HUBLESS_LIVE_QUERY_BANK is on"
+        None, description="The live query bank (null when HUBLESS_LIVE_QUERY_BANK is off)"
     )
     degeneration: list[DegenerationOut]
     methods: list[MethodDiagnosticsOut]

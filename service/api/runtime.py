@@ -77,6 +77,7 @@ class Runtime:
     engine: Engine | None = None
     status: Status = "starting"
     error: str | None = None
+    closed: bool = False
     heavy: HeavyPool = field(init=False)
     diagnostics_cache: OrderedDict[Hashable, Diagnostics] = field(default_factory=OrderedDict)
     _inflight: dict[Hashable, asyncio.Future[Diagnostics]] = field(default_factory=dict)
@@ -117,6 +118,21 @@ class Runtime:
             state = self.engine.state
             self.metrics.gallery_size.set(state.size)
             self.metrics.gallery_version.set(state.version)
+            live = self.live_bank_status()
+            if live is not None:
+                self.metrics.query_bank_size.set(live["size"])
+                self.metrics.query_bank_pending.set(live["pending"])
+
+    def live_bank_status(self) -> dict[str, int] | None:
+        """``{"size", "pending", "version"}`` of the live query bank; None when it is off."""
+        live = self.engine.live_bank if self.engine is not None else None
+        return live.status().as_dict() if live is not None else None
+
+    def close(self) -> None:
+        """At shutdown: stop the live bank's thread and commit its pending rows."""
+        self.closed = True
+        if self.engine is not None and self.engine.live_bank is not None:
+            self.engine.live_bank.close()
 
 
 async def get_runtime(request: Request) -> Runtime:

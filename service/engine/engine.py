@@ -14,6 +14,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,6 +36,9 @@ from service.engine.changes import Change, Delete, Upsert
 from service.engine.filters import Predicate, allowed_rows
 from service.engine.persistence import GalleryStore
 from service.engine.state import Catalog, GalleryState, Metadata
+
+if TYPE_CHECKING:
+    from service.engine.live_bank import LiveQueryBank
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +96,25 @@ class ChangeResult:
     warnings: tuple[HubWarning, ...] = ()
 
 
+def _whole_state(
+    version: int,
+    catalog: Catalog,
+    prepared: PreparedItems,
+    invgc: InvGCParams | None,
+    backend: BackendFactory,
+    previous: GalleryState | None = None,
+) -> GalleryState:
+    """The state of a whole gallery prepared at once (at startup, or for new banks)."""
+    full = invgc is not None and invgc.adjacency == "full"
+    gallery_sum = prepared.original.embeddings.sum(axis=0, dtype=np.float64) if full else None
+    return GalleryState.create(
+        version, catalog, prepared.original, prepared.adjusted, backend, previous, gallery_sum
+    )
+
+
 class Engine:
-    """Owns the current :class:`GalleryState` and the fixed banks and parameters."""
+    """Owns the current :class:`GalleryState`, the banks and the parameters (the query bank
+    changes only with a live query bank, through :meth:`replace_query_bank`)."""
 
     def __init__(
         self,
@@ -121,6 +142,8 @@ class Engine:
         self._compacting = threading.Lock()  # held by the one background compaction
         self._masks: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
         self._masks_lock = threading.Lock()
+        #: the live query bank feeding this engine's query bank, if HUBLESS_LIVE_QUERY_BANK
+        self.live_bank: LiveQueryBank | None = None
 
     @classmethod
     def from_prepared(
@@ -137,16 +160,7 @@ class Engine:
         screening: HubScreening | None = None,
     ) -> Engine:
         """``version``: of this gallery (a snapshot continues the numbering of its changes)."""
-        full = invgc is not None and invgc.adjacency == "full"
-        gallery_sum = prepared.original.embeddings.sum(axis=0, dtype=np.float64) if full else None
-        state = GalleryState.create(
-            version,
-            Catalog.create(ids, metadata),
-            prepared.original,
-            prepared.adjusted,
-            backend,
-            gallery_sum=gallery_sum,
-        )
+        state = _whole_state(version, Catalog.create(ids, metadata), prepared, invgc, backend)
         return cls(state, banks, norm, invgc, backend, screening)
 
     @property
@@ -190,6 +204,43 @@ class Engine:
                 self._compacting.release()
 
         threading.Thread(target=run, name="compaction", daemon=True).start()
+
+    def replace_query_bank(
+        self, query_bank: np.ndarray, *, commit: Callable[[], None] | None = None
+    ) -> None:
+        """Serve with a new query bank (n_q, d), normalised: every statistic, activation set
+        and the InvGC view recomputed for the current gallery exactly as a fresh start with that
+        bank computes them (O(n·N·d)), then banks and state swapped together.
+
+        Holds the write lock throughout, so gallery changes wait and none is lost; searches go
+        on with the previous state. ``commit`` runs after the computation and before the swap
+        (the live bank writes its rows durably there); if anything fails, nothing changes.
+        """
+        with self._write_lock:
+            started = time.perf_counter()
+            state = self._state
+            banks = Banks(query_bank, self.banks.gallery_bank)
+            prepared = prepare_items(
+                state.original.embeddings,
+                banks,
+                self.norm,
+                self.invgc,
+                hub_topk=state.original.query_top.k,
+            )
+            next_state = _whole_state(
+                state.version, state.catalog, prepared, self.invgc, self._backend, state
+            )
+            if commit is not None:
+                commit()
+            self.banks, self._state = banks, next_state
+            log.info(
+                "query bank replaced",
+                extra={
+                    "query_bank": banks.sizes[0],
+                    "gallery": next_state.size,
+                    "seconds": round(time.perf_counter() - started, 4),
+                },
+            )
 
     # --- searching ------------------------------------------------------------------------
 

@@ -20,8 +20,11 @@ from service.backends import backend_factory
 from service.engine import cache
 from service.engine.changes import Change
 from service.engine.engine import Engine
+from service.engine.live_bank import LiveQueryBank
 from service.engine.loading import DataError, file_digest, load_embeddings, load_ids
 from service.engine.persistence import GalleryStore, Snapshot, StorageError
+from service.engine.query_bank_store import FILE_NAME as QUERY_BANK_FILE
+from service.engine.query_bank_store import QueryBankStore
 from service.engine.state import GalleryState, Metadata
 from service.settings import Settings
 
@@ -137,15 +140,36 @@ def open_store(settings: Settings) -> OpenedStore:
     return OpenedStore(store, snapshot, changes)
 
 
+def _load_banks(bq_path: Path | None, bg_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(query bank, gallery bank) from their files, normalised; without a query-bank file (a
+    live query bank's first start) the query bank is empty."""
+    if bq_path is None:
+        gallery_bank = _checked(load_embeddings(bg_path), bg_path)
+        return np.empty((0, gallery_bank.shape[1]), gallery_bank.dtype), gallery_bank
+    query_bank = _checked(load_embeddings(bq_path), bq_path)
+    return query_bank, _checked(load_embeddings(bg_path), bg_path, dim=query_bank.shape[1])
+
+
+def open_live_bank(settings: Settings, file_rows: np.ndarray) -> LiveQueryBank:
+    """The live query bank: the bank file's rows and the served rows stored under data_dir."""
+    return LiveQueryBank(
+        file_rows,
+        QueryBankStore(settings.data_dir / QUERY_BANK_FILE),
+        capacity=settings.live_query_bank_size,
+        max_pending=settings.live_query_bank_max_pending,
+        seed=settings.live_query_bank_seed,
+    )
+
+
 def load_engine(settings: Settings, opened: OpenedStore | None = None) -> Engine:
     """Build the engine the settings describe; raises DataError for unusable input files and
     StoreDamaged for a store that fails its checks. ``opened``: the store, already opened."""
     started = time.perf_counter()
     gallery_path, ids_path = settings.gallery_path(), settings.gallery_ids_path()
     bq_path, bg_path = settings.bank_paths()
-    query_bank = _checked(load_embeddings(bq_path), bq_path)
-    gallery_bank = _checked(load_embeddings(bg_path), bg_path, dim=query_bank.shape[1])
-    banks = Banks(query_bank, gallery_bank)
+    query_file, gallery_bank = _load_banks(bq_path, bg_path)
+    live = open_live_bank(settings, query_file) if settings.live_query_bank else None
+    banks = Banks(live.rows() if live else query_file, gallery_bank)
 
     opened = opened or open_store(settings)
     store, snapshot, changes = opened.store, opened.snapshot, opened.changes
@@ -171,6 +195,8 @@ def load_engine(settings: Settings, opened: OpenedStore | None = None) -> Engine
         "hub_topk": screening.k,
     }
     banks_digest = file_digest(bq_path, bg_path)
+    if live is not None:  # the served rows are inputs of the precompute too
+        banks_digest += hashlib.sha256(live.served.tobytes()).hexdigest()
     cache_dir = settings.data_dir / "cache"
 
     def cache_key(embeddings: np.ndarray) -> str:
@@ -213,6 +239,7 @@ def load_engine(settings: Settings, opened: OpenedStore | None = None) -> Engine
             engine.compact()
         except StorageError as exc:  # the log still holds everything: serve, compact later
             log.warning("compaction at startup failed", extra={"error": str(exc)})
+    engine.live_bank = live
     log.info(
         "engine ready",
         extra={
@@ -223,6 +250,7 @@ def load_engine(settings: Settings, opened: OpenedStore | None = None) -> Engine
             "invgc": invgc.adjacency if invgc else "off",
             "precompute_cached": from_cache,
             "replayed_changes": len(changes),
+            "live_query_bank": live.status().as_dict() if live else None,
             "load_seconds": round(loaded - started, 3),
             "precompute_seconds": round(prepared_at - loaded, 3),
             "total_seconds": round(time.perf_counter() - started, 3),

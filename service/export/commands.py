@@ -97,6 +97,8 @@ def run_export(args: argparse.Namespace) -> int:
     sinks: list[Sink] = []
     try:
         bq_path, bg_path = settings.bank_paths()
+        if bq_path is None:
+            raise InputError("query_bank", "export needs a query-bank file (HUBLESS_QUERY_BANK)")
         banks = Banks.from_arrays(load_embeddings(bq_path), load_embeddings(bg_path))
         gallery = MappedGallery(settings.gallery_path())
         use_invgc = settings.invgc if args.invgc is None else args.invgc

@@ -80,6 +80,7 @@ ROUTES = {
     ("/info", "get"): (None, "Info"),
     ("/metrics", "get"): (None, None),
     ("/admin/snapshot", "post"): (None, "Readiness"),
+    ("/admin/query-bank/refresh", "post"): (None, "LiveQueryBankOut"),
 }
 
 

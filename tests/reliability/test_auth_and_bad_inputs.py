@@ -66,6 +66,7 @@ def test_writes_without_the_right_key_are_refused(
         ("DELETE", "/gallery/auth-item", None),
         ("POST", "/gallery/delete", {"ids": ["auth-item"]}),
         ("POST", "/admin/snapshot", None),
+        ("POST", "/admin/query-bank/refresh", None),
     ]:
         response = client.request(method, path, json=body, headers=headers)
         assert response.status_code == 401, (method, path, response.text)

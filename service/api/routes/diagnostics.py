@@ -30,13 +30,13 @@ def _hub(hub: Hub) -> dict:
     return {"id": hub.id, "occurrence": hub.occurrence, "z": hub.z, "metadata": hub.metadata}
 
 
-def _out(diag: Diagnostics) -> dict:
+def _out(diag: Diagnostics, runtime: Runtime) -> dict:
     return {
+        "live_query_bank": runtime.live_bank_status(),
         "version": diag.version,
         "gallery_size": diag.gallery_size,
         "probe_source": diag.probe_source,
         "bank_sizes": dict(zip(("query_bank", "gallery_bank"), diag.bank_sizes, strict=True)),
-        "live_query_bank": None,  # the live query bank (issue 12 part 4) fills this in
         "degeneration": [
             {"invgc": invgc, "value": d.value, "items": d.items, "gallery_size": d.gallery_size}
             for invgc, d in diag.degeneration.items()
@@ -82,8 +82,14 @@ async def diagnostics(
     settings = runtime.settings
     k = _checked_k(k, runtime)
     probes = min(settings.diagnostics_probes, engine.banks.query_bank.shape[0])
+    if not probes:
+        message = (
+            "the live query bank has no rows yet, so there are no probes: "
+            "POST /diagnostics with your own queries"
+        )
+        raise InputError("query_bank", message)
     check_hits(probes, k, settings, what="probes (HUBLESS_DIAGNOSTICS_PROBES)")
-    state = engine.state
+    state, live = engine.state, runtime.live_bank_status()
 
     def compute() -> Diagnostics:
         return diagnose(
@@ -95,9 +101,11 @@ async def diagnostics(
             hub_limit=settings.diagnostics_top_hubs,
         )
 
-    diag = await runtime.diagnostics((state.version, k), compute)
+    # keyed by the gallery version (first, see Runtime.diagnostics), the bank's and k
+    key = (state.version, live["version"] if live else 0, k)
+    diag = await runtime.diagnostics(key, compute)
     _publish(runtime, diag)  # the gauges follow the figures last served, cached or not
-    return _out(diag)
+    return _out(diag, runtime)
 
 
 @router.post("", response_model=DiagnosticsResponse, responses=ERRORS)
@@ -135,4 +143,4 @@ def _diagnose_probes(body: DiagnosticsRequest, k: int, engine: Engine, runtime: 
         methods=tuple(body.methods) if body.methods else METHODS,
         hub_limit=settings.diagnostics_top_hubs,
     )
-    return _out(diag)
+    return _out(diag, runtime)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-import numpy as np
 from fastapi import APIRouter, Depends, Query
 
 from service.algorithms import STAT_COLUMNS, GalleryView, InputError
+from service.algorithms.stats import log_bank_sizes
 from service.api.convert import to_embeddings
 from service.api.errors import error_responses
 from service.api.jsonio import OrjsonRoute
@@ -60,7 +60,7 @@ def list_items(
 
 def _stats(view: GalleryView, row: int) -> dict:
     values = dict(zip(STAT_COLUMNS, view.stats[row].tolist(), strict=True))
-    log_sizes = np.log(view.bank_sizes)
+    log_sizes = log_bank_sizes(view.bank_sizes)
     return {
         "log_z_query_bank": values["lme_query_bank"] + float(log_sizes[0]),
         "log_z_gallery_bank": values["lme_gallery_bank"] + float(log_sizes[1]),

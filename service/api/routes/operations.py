@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.errors import ApiError, error_responses
-from service.api.models import Health, Readiness
+from service.api.models import Health, LiveQueryBankOut, Readiness
 from service.api.runtime import (
     EngineDep,
     RuntimeDep,
@@ -73,3 +73,20 @@ def snapshot(engine: EngineDep) -> dict:
     """Compact the change log into a snapshot of the current gallery (faster restarts)."""
     version = engine.compact()
     return {"status": "ready", "gallery_size": engine.state.size, "version": version}
+
+
+@router.post(
+    "/admin/query-bank/refresh",
+    response_model=LiveQueryBankOut,
+    responses=error_responses(401, 403, 409, 503),
+    dependencies=[Depends(require_write)],
+)
+def refresh_query_bank(engine: EngineDep, runtime: RuntimeDep) -> dict:
+    """Apply the live query bank's pending rows now (the background refresh does it too):
+    afterwards every method equals a fresh start with the extended bank."""
+    if engine.live_bank is None:
+        message = "the live query bank is off (set HUBLESS_LIVE_QUERY_BANK=true)"
+        raise ApiError(409, "live_query_bank_off", message)
+    status = engine.live_bank.refresh(engine).as_dict()
+    runtime.record_state()
+    return status

@@ -63,8 +63,11 @@ def _search(body: SearchRequest, k: int, engine: Engine, runtime: Runtime) -> Or
         with_metadata=body.with_metadata,
         query_ids=body.query_ids,
     )
-    count = len(result.ids)
-    runtime.metrics.search_queries.labels(method, str(invgc).lower()).inc(count)
+    runtime.metrics.search_queries.labels(method, str(invgc).lower()).inc(len(result.ids))
+    if engine.live_bank is not None and queries is not None:
+        # served queries join the live query bank (O(m·d) copy); searches by stored gallery
+        # items (query_ids) do not: they are of the gallery's modality, not the queries'
+        engine.live_bank.offer(queries)
     # the body is built to match SearchResponse (the documented schema) and serialised by
     # orjson directly: re-validating 64 × k hits through pydantic would double the cost
     return OrjsonResponse(response_body(result, method, invgc, k, body.offset))
