@@ -15,9 +15,11 @@ from dotenv import dotenv_values
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.algorithms import InputError, InvGCParams, NormParams
+from service.algorithms import METHODS, InputError, InvGCParams, NormParams
+from service.algorithms.stats import DBSN_MAX_ITERATIONS
 
-Method = Literal["raw", "is", "dis", "dualis", "dualdis", "nnn", "csls"]
+Method = Literal[METHODS]  # type: ignore[valid-type]  # the names, stated once in normalisers
+_NORM = NormParams()  # defaults and bounds of the algorithm parameters live in NormParams
 DEMO_DIR = Path(__file__).parent / "data" / "demo"
 
 
@@ -53,6 +55,13 @@ class Settings(BaseSettings):
     r_gallery_bank: float = Field(0.2, ge=0, description="InvGC rate against the gallery bank")
     r_query_bank: float = Field(0.2, ge=0, description="InvGC rate against the query bank")
     pool_rate: float = Field(0.01, gt=0, le=1, description="LocalAdj: share of a bank kept")
+    # --- dbsn helper: DBSN parameters (bounds checked by NormParams) -------------------------
+    dbsn_tau: float = Field(_NORM.dbsn_tau, description="DBSN: Sinkhorn temperature τ (> 0)")
+    dbsn_iterations: int = Field(
+        _NORM.dbsn_iterations,
+        description="DBSN: Sinkhorn iterations (fixed count, no early stop; "
+        f"1 … {DBSN_MAX_ITERATIONS})",
+    )
 
     # --- serving ----------------------------------------------------------------------------
     backend: Literal["exact", "faiss", "milvus"] = Field(
@@ -121,6 +130,8 @@ class Settings(BaseSettings):
             nnn_topk=self.nnn_topk,
             nnn_alpha=self.nnn_alpha,
             csls_topk=self.csls_topk,
+            dbsn_tau=self.dbsn_tau,
+            dbsn_iterations=self.dbsn_iterations,
         )
 
     def invgc_params(self) -> InvGCParams:

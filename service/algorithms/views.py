@@ -24,7 +24,9 @@ import numpy as np
 from service.algorithms.invgc import InvGCParams, invgc_adjust
 from service.algorithms.stats import (
     BankTopK,
+    DbsnWeights,
     NormParams,
+    dbsn_weights,
     gallery_bank_scan,
     query_bank_scan,
     stats_from_scans,
@@ -34,10 +36,16 @@ from service.algorithms.validation import InputError, check_embeddings
 
 @dataclass(frozen=True)
 class Banks:
-    """The two fixed banks, L2-normalised: query bank BQ (N_q, d), gallery bank BG (N_g, d)."""
+    """The two fixed banks, L2-normalised: query bank BQ (N_q, d), gallery bank BG (N_g, d).
+
+    Also holds the banks' DBSN Sinkhorn weights per (τ, T), solved on first use: a statistic of
+    the bank set, shared by every batch of items prepared against it."""
 
     query_bank: np.ndarray
     gallery_bank: np.ndarray
+    _dbsn: dict[tuple[float, int], DbsnWeights] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @classmethod
     def from_arrays(cls, query_bank: object, gallery_bank: object) -> Banks:
@@ -52,6 +60,17 @@ class Banks:
     @property
     def sizes(self) -> tuple[int, int]:
         return self.query_bank.shape[0], self.gallery_bank.shape[0]
+
+    def dbsn(self, norm: NormParams) -> DbsnWeights:
+        """The Sinkhorn weights at ``norm``'s τ and T (solved once, then memoised)."""
+        key = (norm.dbsn_tau, norm.dbsn_iterations)
+        if key not in self._dbsn:
+            self._dbsn[key] = dbsn_weights(self.query_bank, self.gallery_bank, norm)
+        return self._dbsn[key]
+
+    def seed_dbsn(self, norm: NormParams, log_v: np.ndarray) -> None:
+        """Adopt weights solved earlier for these banks (the precompute cache's copy)."""
+        self._dbsn[(norm.dbsn_tau, norm.dbsn_iterations)] = DbsnWeights(log_v, norm.dbsn_tau)
 
 
 class GrowthBuffers:
@@ -137,7 +156,7 @@ _MAX_RUNS = 256
 class GalleryView:
     """One searchable gallery variant.
 
-    embeddings: (n, d) unit rows. stats: (n, 4) stat columns (``STAT_COLUMNS``).
+    embeddings: (n, d) unit rows. stats: (n, len(STAT_COLUMNS)) stat columns (``STAT_COLUMNS``).
     query_top / gallery_top: each bank item's top-k rows, whose union is the activation set.
     bank_sizes: (|BQ|, |BG|). growth: the spare-row buffers ``embeddings`` and ``stats`` are
     the start of, if any (see :class:`GrowthBuffers`).
@@ -203,7 +222,9 @@ def _view(
 ) -> tuple[GalleryView, np.ndarray | None, np.ndarray | None]:
     """The view of ``items`` and, if LocalAdj neighbour counts are given, the neighbour sums."""
     k_q, k_g = neighbours or (None, None)
-    qs = query_bank_scan(items, banks.query_bank, norm, neighbour_k=k_q, bank_topk=norm.dis_topk)
+    qs = query_bank_scan(
+        items, banks.query_bank, norm, banks.dbsn(norm), neighbour_k=k_q, bank_topk=norm.dis_topk
+    )
     gs = gallery_bank_scan(
         items, banks.gallery_bank, norm, neighbour_k=k_g, bank_topk=norm.dis_topk
     )

@@ -1,7 +1,8 @@
 """On-disk cache of the startup precompute, keyed by a hash of every input and parameter.
 
-A restart with the same files and parameters loads the prepared views instead of recomputing
-them. Files are written to a temporary name, fsynced and renamed, so a crash never leaves a
+A restart with the same files and parameters loads the prepared views (and the banks' DBSN
+Sinkhorn weights, which later upserts need) instead of recomputing them. Files are written to a
+temporary name, fsynced and renamed, so a crash never leaves a
 cache entry that looks complete but is not; an unreadable entry is ignored and rebuilt.
 """
 
@@ -16,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from service.algorithms import BankTopK, GalleryView, PreparedItems
+from service.algorithms import Banks, BankTopK, GalleryView, NormParams, PreparedItems
 
 log = logging.getLogger(__name__)
 
 #: Bump when the layout or the maths of the cached arrays change.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 def cache_key(data_digest: str, params: dict[str, object]) -> str:
@@ -54,9 +55,13 @@ def _view_from(
     )
 
 
-def save(directory: Path, key: str, prepared: PreparedItems) -> Path:
+def save(
+    directory: Path, key: str, prepared: PreparedItems, banks: Banks, norm: NormParams
+) -> Path:
+    """Write ``prepared`` and the banks' DBSN weights at ``norm`` (the key must cover both)."""
     directory.mkdir(parents=True, exist_ok=True)
     arrays = _view_arrays("original", prepared.original)
+    arrays["dbsn_log_v"] = banks.dbsn(norm).log_v
     if prepared.adjusted is not None:
         arrays |= _view_arrays("adjusted", prepared.adjusted)
     target = directory / f"{key}.npz"
@@ -73,7 +78,9 @@ def save(directory: Path, key: str, prepared: PreparedItems) -> Path:
     return target
 
 
-def load(directory: Path, key: str, k: int, sizes: tuple[int, int]) -> PreparedItems | None:
+def load(directory: Path, key: str, banks: Banks, norm: NormParams) -> PreparedItems | None:
+    """The entry saved under ``key``, if readable; seeds ``banks`` with its DBSN weights."""
+    k, sizes = norm.dis_topk, banks.sizes
     path = directory / f"{key}.npz"
     if not path.exists():
         return None
@@ -82,7 +89,11 @@ def load(directory: Path, key: str, k: int, sizes: tuple[int, int]) -> PreparedI
             arrays = {name: archive[name] for name in archive.files}
         original = _view_from("original", arrays, k, sizes)
         adjusted = _view_from("adjusted", arrays, k, sizes) if "adjusted_stats" in arrays else None
+        log_v = arrays["dbsn_log_v"]
+        if log_v.shape != (sizes[0],):
+            raise ValueError(f"dbsn_log_v has shape {log_v.shape}, expected ({sizes[0]},)")
     except (OSError, ValueError, KeyError) as exc:
         log.warning("ignoring unreadable cache entry", extra={"path": str(path), "error": str(exc)})
         return None
+    banks.seed_dbsn(norm, log_v)
     return PreparedItems(original, adjusted)

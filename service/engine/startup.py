@@ -81,14 +81,14 @@ def load_engine(settings: Settings) -> Engine:
     data_digest = file_digest(gallery_path, ids_path, bq_path, bg_path)
     key = cache.cache_key(f"{data_digest}:{snapshot.seq if snapshot else 0}", params)
     cache_dir = settings.data_dir / "cache"
-    prepared = cache.load(cache_dir, key, norm.dis_topk, banks.sizes) if settings.cache else None
+    prepared = cache.load(cache_dir, key, banks, norm) if settings.cache else None
     from_cache = prepared is not None
     if prepared is None:
         pairs = gallery.shape[0] * sum(banks.sizes) * (2 if invgc else 1)
         with scan_progress(ProgressLog(pairs)):
             prepared = prepare_items(gallery, banks, norm, invgc)
         if settings.cache:
-            cache.save(cache_dir, key, prepared)
+            cache.save(cache_dir, key, prepared, banks, norm)
     prepared_at = time.perf_counter()
 
     backend = backend_factory(settings.backend, **settings.backend_options())

@@ -80,9 +80,9 @@ class Similarities:
         return cls.of(split.queries, split.gallery, split.truth)
 
     def ranks(self, stats: np.ndarray, plan: QueryPlan) -> np.ndarray:
-        """Ranks under ``plan`` with the gallery's (n, 4) ``stats``. Dividing by the positive
-        weight ``w`` leaves each query's ranking unchanged; queries share at most four distinct
-        coefficient rows (activation patterns), so each pattern's bias is computed once."""
+        """Ranks under ``plan`` with the gallery's (n, #stat columns) ``stats``. Dividing by the
+        positive weight ``w`` leaves each query's ranking unchanged; queries share at most four
+        distinct coefficient rows (activation patterns), so each pattern's bias is computed once."""
         coef = plan.coefficients / plan.weight
         patterns, inverse = np.unique(coef, axis=0, return_inverse=True)
         biases = (patterns @ stats.T.astype(np.float64)).astype(self.sims.dtype)
@@ -169,7 +169,7 @@ class GalleryProfile:
         return i
 
     def stats(self, beta_query_bank: float, beta_gallery_bank: float) -> np.ndarray:
-        """(n, 4) stat columns at this β pair (the other columns as prepared)."""
+        """(n, len(STAT_COLUMNS)) stat columns at this β pair (the other columns as prepared)."""
         stats = self.view.stats.copy()
         stats[:, LME_QUERY_BANK] = self.lme_query_bank[self._index(beta_query_bank)]
         stats[:, LME_GALLERY_BANK] = self.lme_gallery_bank[self._index(beta_gallery_bank)]

@@ -163,6 +163,8 @@ def method_scores(
     nnn_topk: int = 128,
     nnn_alpha: float = 0.75,
     csls_topk: int = 10,
+    dbsn_tau: float = 0.01,
+    dbsn_iterations: int = 10,
 ) -> np.ndarray:
     """(m, n) scores of SPEC.md's definitions, one (q, g) pair at a time.
 
@@ -176,6 +178,12 @@ def method_scores(
     nnn = bank_topk_mean(gallery, query_bank, nnn_topk)
     act_q = activation_set(gallery, query_bank, dis_topk)
     act_g = activation_set(gallery, gallery_bank, dis_topk)
+    if method == "dbsn":
+        v = sinkhorn_v(gallery_bank, query_bank, dbsn_tau, dbsn_iterations)
+        tau_log_u = [
+            dbsn_tau * math.log(sinkhorn_u(g, query_bank, v, dbsn_tau, len(gallery_bank)))
+            for g in gallery
+        ]
     out = np.empty((len(queries), len(gallery)))
     for i, q in enumerate(queries):
         t = top1(q, gallery)
@@ -198,12 +206,37 @@ def method_scores(
                 v = s - nnn_alpha * nnn[j]
             elif method == "csls":
                 v = 2 * s - r_q[j]
+            elif method == "dbsn":
+                v = s + tau_log_u[j]
             elif method == "csls_full":
                 v = 2 * s - r_q[j] - r_query
             else:
                 raise ValueError(method)
             out[i, j] = v
     return out
+
+
+def sinkhorn_v(gallery_bank: np.ndarray, query_bank: np.ndarray, tau: float, iterations: int):
+    """SPEC "DBSN": the column weights v after T iterations, plain float64 ``exp`` (fine for
+    τ ≥ 0.01 with |s| ≤ 1: K ≥ e^-200). Rows: the gallery bank, columns: the query bank."""
+    rows, cols = len(gallery_bank), len(query_bank)
+    kernel = [[math.exp(-(1 - dot(g, q)) / tau) for q in query_bank] for g in gallery_bank]
+    u = [1 / rows] * rows
+    v = [1 / cols] * cols
+    for _ in range(iterations):
+        for j in range(cols):
+            v[j] = (1 / cols) / sum(kernel[i][j] * u[i] for i in range(rows))
+        for i in range(rows):
+            u[i] = (1 / rows) / sum(kernel[i][j] * v[j] for j in range(cols))
+    return v
+
+
+def sinkhorn_u(g: np.ndarray, query_bank: np.ndarray, v, tau: float, rows: int) -> float:
+    """One more row update for item g: ``u(g) = a / Σ_b v_b exp(−(1 − s(g, b))/τ)``."""
+    total = sum(
+        v_b * math.exp(-(1 - dot(g, b)) / tau) for v_b, b in zip(v, query_bank, strict=True)
+    )
+    return (1 / rows) / total
 
 
 def inverted_softmax(q: np.ndarray, g: np.ndarray, bank: np.ndarray, beta: float) -> float:

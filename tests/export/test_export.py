@@ -14,6 +14,7 @@ import pytest
 
 from service.algorithms import (
     METHODS,
+    STAT_COLUMNS,
     Banks,
     InvGCParams,
     NormParams,
@@ -87,7 +88,7 @@ def test_chunked_equals_in_memory(files, banks, gallery, invgc) -> None:
         sets.add(chunk)
     coords = np.concatenate(parts)
     expected = view_coordinates(view)
-    assert coords.shape == (N_GALLERY, banks.dim + 4) and coords.dtype == np.float32
+    assert coords.shape == (N_GALLERY, banks.dim + len(STAT_COLUMNS)) and coords.dtype == np.float32
     atol = 1e-5 if invgc is not None and invgc.adjacency == "full" else 1e-6
     np.testing.assert_allclose(coords, expected, atol=atol, rtol=0)
     query_rows, gallery_rows = sets.rows()
@@ -188,7 +189,7 @@ def test_export_command_writes_parquet_and_sidecar(env_file, files, banks, galle
     assert json.loads(table.column("metadata")[5].as_py()) == {"row": 5}
 
     sidecar = json.loads((out / "gallery.json").read_text(encoding="utf-8"))
-    assert sidecar["rows"] == N_GALLERY and sidecar["vector_dim"] == banks.dim + 4
+    assert sidecar["rows"] == N_GALLERY and sidecar["vector_dim"] == banks.dim + len(STAT_COLUMNS)
     assert sidecar["view"] == "invgc" and sidecar["params"]["norm"]["dis_topk"] == 2
     assert set(sidecar["methods"]) == set(METHODS)
     assert sidecar["methods"]["csls"]["similarity_weight"] == 2.0
@@ -221,8 +222,8 @@ def test_export_to_milvus_is_what_the_backend_would_write(
     uri = str(tmp_path / "export.db")
     # a row of an older export, not in this gallery: the export deletes it (regression: the
     # leftover check held every stored id at once; it now pages through them, one page held)
-    ensure_collection(milvus_client(uri), "exp_original", banks.dim + 4)
-    upsert_rows(milvus_client(uri), "exp_original", ["stale"], np.ones((1, banks.dim + 4)))
+    ensure_collection(milvus_client(uri), "exp_original", banks.dim + len(STAT_COLUMNS))
+    upsert_rows(milvus_client(uri), "exp_original", ["stale"], np.ones((1, banks.dim + len(STAT_COLUMNS))))
     monkeypatch.setattr(milvus_module, "WRITE_BATCH", 64)  # several pages of stored ids
     argv = [
         "--milvus-uri",
