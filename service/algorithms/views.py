@@ -15,6 +15,7 @@ every view stays immutable (copying 100k × 384 float32 rows per change would co
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -32,6 +33,8 @@ from service.algorithms.stats import (
     stats_from_scans,
 )
 from service.algorithms.validation import InputError, check_embeddings
+
+_DBSN_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -64,9 +67,10 @@ class Banks:
     def dbsn(self, norm: NormParams) -> DbsnWeights:
         """The Sinkhorn weights at ``norm``'s τ and T (solved once, then memoised)."""
         key = (norm.dbsn_tau, norm.dbsn_iterations)
-        if key not in self._dbsn:
-            self._dbsn[key] = dbsn_weights(self.query_bank, self.gallery_bank, norm)
-        return self._dbsn[key]
+        with _DBSN_LOCK:  # concurrent first users (export threads, upserts) solve it once
+            if key not in self._dbsn:
+                self._dbsn[key] = dbsn_weights(self.query_bank, self.gallery_bank, norm)
+            return self._dbsn[key]
 
     def seed_dbsn(self, norm: NormParams, log_v: np.ndarray) -> None:
         """Adopt weights solved earlier for these banks (the precompute cache's copy)."""

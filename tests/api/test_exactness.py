@@ -13,9 +13,10 @@ import pytest
 from engine import demo_queries, write_gallery
 from fastapi.testclient import TestClient
 
+from service.algorithms import METHODS
+
 from . import DemoFiles, Serve, demo_rows, put, running, search
 
-METHODS = ("raw", "is", "dis", "dualis", "dualdis", "nnn", "csls")
 TOL = 1e-6
 
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from service.algorithms import METHODS
 from service.settings import Settings
 
 from . import DemoFiles, Serve, assert_error, assert_same_hits, search
 
-METHODS = ("raw", "is", "dis", "dualis", "dualdis", "nnn", "csls")
 #: the service computes in float32; SPEC's formulas here run in float64
 TOL = 1e-4
 
@@ -64,6 +64,20 @@ class Reference:
         z_g = np.logaddexp.reduce(s.beta_gallery_bank * (view @ self.gallery_bank.T), axis=1)
         return z_q, z_g
 
+    def dbsn_tau_log_u(self, view: np.ndarray) -> np.ndarray:
+        """(n,) DBSN's ``τ log u(g)``: Sinkhorn between the gallery bank (rows) and the query bank
+        (columns) in the probability domain (plain exp; K ≥ e^{-2/τ} is fine in float64 at
+        τ = 0.01), then one more row update per gallery item."""
+        tau = self.settings.dbsn_tau
+        kernel = np.exp(-(1 - self.gallery_bank @ self.query_bank.T) / tau)
+        rows, cols = kernel.shape
+        u, v = np.full(rows, 1 / rows), np.full(cols, 1 / cols)
+        for _ in range(self.settings.dbsn_iterations):
+            v = (1 / cols) / (kernel.T @ u)
+            u = (1 / rows) / (kernel @ v)
+        u_items = (1 / rows) / (np.exp(-(1 - view @ self.query_bank.T) / tau) @ v)
+        return tau * np.log(u_items)
+
     @staticmethod
     def activation(view: np.ndarray, bank: np.ndarray) -> set[int]:
         """A_X for k = 1: every bank item's most similar gallery row."""
@@ -86,6 +100,8 @@ class Reference:
             return sim - s.nnn_alpha * _mean_topk(view @ self.query_bank.T, s.nnn_topk)
         if method == "csls":
             return 2 * sim - _mean_topk(view @ self.query_bank.T, s.csls_topk)
+        if method == "dbsn":
+            return sim + self.dbsn_tau_log_u(view)
         top1 = sim.argmax(axis=1)
         a_q = np.isin(top1, list(self.activation(view, self.query_bank)))[:, None]
         if method == "dis":
@@ -170,13 +186,19 @@ def test_defaults_apply_when_fields_are_omitted(
     client: TestClient, probes: np.ndarray, monkeypatch: pytest.MonkeyPatch, serve: Serve
 ) -> None:
     body = search(client, probes[:2])
-    assert (body["method"], body["k"], body["offset"], body["invgc"]) == ("dualis", 10, 0, True)
+    default_method = Settings.model_fields["default_method"].default
+    # the shared service turns InvGC on (tests.engine.SMALL_PARAMS)
+    assert (body["method"], body["k"], body["offset"], body["invgc"]) == (
+        default_method,
+        10,
+        0,
+        True,
+    )
     assert [len(hits) for hits in body["results"]] == [10, 10]
     assert body["gallery_version"] == client.get("/readyz").json()["version"] == 1
 
     monkeypatch.setenv("HUBLESS_DEFAULT_METHOD", "nnn")
-    monkeypatch.setenv("HUBLESS_INVGC", "false")
-    other = serve()
+    other = serve(invgc=False)  # an explicit field, as SMALL_PARAMS sets it explicitly
     body = search(other, probes[:2])
     assert (body["method"], body["invgc"]) == ("nnn", False)
     expected = search(client, probes[:2], method="nnn", invgc=False)["results"]

@@ -128,7 +128,7 @@ def test_query_coordinates_reproduce_service_scores(banks, gallery, method) -> N
     normaliser = get_normaliser(method)
     activated = None
     if normaliser.dynamic:  # the documented extra step: raw top-1 on the same index
-        top1 = np.argmax(raw_queries @ view_coordinates(view)[:, :-4].T, axis=1)
+        top1 = np.argmax(raw_queries @ view_coordinates(view)[:, : -len(STAT_COLUMNS)].T, axis=1)
         assert np.array_equal(top1, top1_raw(queries, view.embeddings))
         ids = [str(r) for r in range(view.size)]
         query_set = {ids[r] for r in np.flatnonzero(view.activated[:, 0])}
@@ -223,7 +223,9 @@ def test_export_to_milvus_is_what_the_backend_would_write(
     # a row of an older export, not in this gallery: the export deletes it (regression: the
     # leftover check held every stored id at once; it now pages through them, one page held)
     ensure_collection(milvus_client(uri), "exp_original", banks.dim + len(STAT_COLUMNS))
-    upsert_rows(milvus_client(uri), "exp_original", ["stale"], np.ones((1, banks.dim + len(STAT_COLUMNS))))
+    upsert_rows(
+        milvus_client(uri), "exp_original", ["stale"], np.ones((1, banks.dim + len(STAT_COLUMNS)))
+    )
     monkeypatch.setattr(milvus_module, "WRITE_BATCH", 64)  # several pages of stored ids
     argv = [
         "--milvus-uri",
