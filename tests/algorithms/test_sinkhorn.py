@@ -80,6 +80,20 @@ def test_item_stat_is_one_more_row_update(seed, tau, iterations):
     np.testing.assert_allclose(got, p.queries @ p.gallery.T + tau_log_u, rtol=0, atol=1e-10)
 
 
+@given(seed=seeds, tau=ref_taus, iterations=st.integers(1, 12))
+@PROPERTY
+def test_dense_reference_matches_plain_loops(seed, tau, iterations):
+    """The matrix reference the backend tests use on demo-sized data is the loop reference."""
+    p = make_problem(seed)
+    v = ref.sinkhorn_v(p.gallery_bank, p.query_bank, tau, iterations)
+    loops = [
+        tau * math.log(ref.sinkhorn_u(g, p.query_bank, v, tau, len(p.gallery_bank)))
+        for g in p.gallery
+    ]
+    dense = ref.dbsn_tau_log_u_dense(p.gallery, p.query_bank, p.gallery_bank, tau, iterations)
+    np.testing.assert_allclose(dense, loops, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("tau", [0.01, 0.05, 1.0])
 @pytest.mark.parametrize("iterations", [1, 2, 7])
 def test_matches_pot_sinkhorn_log(tau, iterations):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from algorithms.reference import dbsn_tau_log_u_dense
 from fastapi.testclient import TestClient
 
 from service.algorithms import METHODS
@@ -64,20 +65,6 @@ class Reference:
         z_g = np.logaddexp.reduce(s.beta_gallery_bank * (view @ self.gallery_bank.T), axis=1)
         return z_q, z_g
 
-    def dbsn_tau_log_u(self, view: np.ndarray) -> np.ndarray:
-        """(n,) DBSN's ``τ log u(g)``: Sinkhorn between the gallery bank (rows) and the query bank
-        (columns) in the probability domain (plain exp; K ≥ e^{-2/τ} is fine in float64 at
-        τ = 0.01), then one more row update per gallery item."""
-        tau = self.settings.dbsn_tau
-        kernel = np.exp(-(1 - self.gallery_bank @ self.query_bank.T) / tau)
-        rows, cols = kernel.shape
-        u, v = np.full(rows, 1 / rows), np.full(cols, 1 / cols)
-        for _ in range(self.settings.dbsn_iterations):
-            v = (1 / cols) / (kernel.T @ u)
-            u = (1 / rows) / (kernel @ v)
-        u_items = (1 / rows) / (np.exp(-(1 - view @ self.query_bank.T) / tau) @ v)
-        return tau * np.log(u_items)
-
     @staticmethod
     def activation(view: np.ndarray, bank: np.ndarray) -> set[int]:
         """A_X for k = 1: every bank item's most similar gallery row."""
@@ -101,7 +88,9 @@ class Reference:
         if method == "csls":
             return 2 * sim - _mean_topk(view @ self.query_bank.T, s.csls_topk)
         if method == "dbsn":
-            return sim + self.dbsn_tau_log_u(view)
+            return sim + dbsn_tau_log_u_dense(
+                view, self.query_bank, self.gallery_bank, s.dbsn_tau, s.dbsn_iterations
+            )
         top1 = sim.argmax(axis=1)
         a_q = np.isin(top1, list(self.activation(view, self.query_bank)))[:, None]
         if method == "dis":
