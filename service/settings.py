@@ -51,9 +51,7 @@ class Settings(BaseSettings):
     nnn_topk: int = Field(128, ge=1, description="NNN: bank neighbours averaged per item")
     nnn_alpha: float = Field(0.75, ge=0, description="NNN: weight of the bias")
     csls_topk: int = Field(10, ge=1, description="CSLS: neighbourhood size")
-    invgc: bool = Field(
-        False, description="Build the InvGC-adjusted gallery; default for searches"
-    )
+    invgc: bool = Field(False, description="Build the InvGC-adjusted gallery; default for searches")
     invgc_adjacency: Literal["local", "full"] = Field(
         "local", description="InvGC adjacency: 'local' (LocalAdj, per-item updates) or 'full'"
     )
