@@ -82,6 +82,7 @@ def sinkhorn_log_v(
     blocks = list(row_blocks(r, rows))
     kept: list[np.ndarray] | None = [] if r * c * 4 <= keep_bytes else None
     inv_tau = 1.0 / tau
+    chunk = block_rows(c, 8, CHUNK_BYTES)  # rows of one thread's share of a block
 
     def block_logk(i: int, sl: slice) -> np.ndarray:
         """(B, C) float64 ``log K = (s − 1)/τ`` of block i (products reused if kept)."""
@@ -98,7 +99,6 @@ def sinkhorn_log_v(
         acc: _ColumnLSE | None = None
         for i, sl in enumerate(blocks):
             log_k = block_logk(i, sl)
-            chunk = block_rows(c, 8, CHUNK_BYTES)
 
             def part(p: slice, log_k=log_k, log_v=log_v) -> _ColumnLSE:
                 x = log_k[p]

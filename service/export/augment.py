@@ -94,7 +94,8 @@ def score_offsets(
     """(m,) constants to add to the engine's inner products to get the service's scores.
 
     The stat columns hold log-mean-exp, i.e. ``log Z − log N``; the offset adds the ``log N``
-    back (``−c_BQ·…`` form: ``c_BQ·log|BQ| + c_BG·log|BG|``). Zero for raw, nnn and csls.
+    back (``−c_BQ·…`` form: ``c_BQ·log|BQ| + c_BG·log|BG|``); DBSN's is ``1 − τ·log|BG|``.
+    Zero for raw, nnn and csls.
     """
     return query_plan(method, params, m, activated, bank_sizes).offsets
 
