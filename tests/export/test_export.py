@@ -165,6 +165,7 @@ def env_file(files, tmp_path_factory: pytest.TempPathFactory) -> Path:
                 f"HUBLESS_GALLERY_BANK={files['gallery_bank']}",
                 f"HUBLESS_NNN_TOPK={NORM.nnn_topk}",
                 f"HUBLESS_DIS_TOPK={NORM.dis_topk}",
+                "HUBLESS_INVGC=true",  # off by default; the export's default view follows it
             ]
         )
         + "\n",
