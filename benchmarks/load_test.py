@@ -192,7 +192,8 @@ class Server:
 @contextlib.contextmanager
 def serving(workdir: Path, env: Mapping[str, str] | None = None) -> Iterator[Server]:
     """A ready server on a small demo gallery under ``workdir`` (extra settings in ``env``)."""
-    settings = write_gallery(workdir / "input") | dict(env or {})
+    # InvGC on (off by default): the load mixes searches of both gallery views
+    settings = write_gallery(workdir / "input") | {"HUBLESS_INVGC": "true"} | dict(env or {})
     with Server(workdir / "data", settings) as server:
         yield server
 

@@ -52,7 +52,9 @@ class InProcess:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
     """A ready demo service in-process, writes guarded by an API key (reads open)."""
-    settings = _settings(tmp_path_factory.mktemp("app"), api_key=API_KEY, diagnostics_probes=50)
+    settings = _settings(
+        tmp_path_factory.mktemp("app"), api_key=API_KEY, diagnostics_probes=50, invgc=True
+    )
     app = create_app(settings, configure_logs=False)
     with TestClient(app) as http, HublessClient(http_client=http, api_key=API_KEY) as client:
         client.wait_ready(timeout=60)

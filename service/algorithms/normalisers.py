@@ -4,7 +4,7 @@ A method's score for query q and gallery item g is
 
     score(q, g) = w · s(q, g) + Σ_j c_j(q) · stat_j(g) + offset(q)
 
-with ``stat`` the four per-item columns of :mod:`service.algorithms.stats`, a constant weight
+with ``stat`` the per-item columns of :mod:`service.algorithms.stats`, a constant weight
 ``w``, coefficients ``c(q)`` that depend on the method (and, for the dynamic methods, on
 whether the query's raw top-1 item is in each bank's activation set), and a per-query constant
 ``offset`` that restores ``log Z`` from log-mean-exp (it never changes a query's ranking).
@@ -19,11 +19,16 @@ dualis            ``s − (log Z_BQ(g) + log Z_BG(g))/(β_q + β_g)``  (DBNorm; 
 dualdis           ``s − (a_Q log Z_BQ(g) + a_G log Z_BG(g))/(β_q + β_g)``
 nnn               ``s − α · mean top-k_{b∈BQ} s(b, g)``
 csls              ``2s − r_BQ(g)``; CSLS's query term −r(q) is omitted (a per-query constant)
+dbsn              ``s + τ log u(g)`` = ``s − dbsn(g) + 1 − τ log |BG|``     (Sinkhorn, DBSN)
 ================  ==================================================================
+
+DBSN's constant ``1 − τ log |BG|`` (the cost's ``1`` and ``τ log a``) is in ``offset``, so the
+reported score is SPEC's ``s(q, g) + τ·log u(g)`` while the stored column stays O(1).
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
@@ -44,7 +49,7 @@ from service.algorithms.validation import InputError
 class QueryPlan:
     """How to score a batch of m queries: ``w·s + coefficients @ stat + offsets``.
 
-    weight: scalar w. coefficients: (m, 4) float64. offsets: (m,) float64.
+    weight: scalar w. coefficients: (m, len(STAT_COLUMNS)) float64. offsets: (m,) float64.
     """
 
     weight: float
@@ -52,7 +57,8 @@ class QueryPlan:
     offsets: np.ndarray
 
     def query_coordinates(self, queries: np.ndarray) -> np.ndarray:
-        """(m, d+4) augmented queries ``[w·q, c(q)]`` for an index storing ``[g, stat(g)]``."""
+        """(m, d + #stat columns) augmented queries ``[w·q, c(q)]`` for an index storing
+        ``[g, stat(g)]``."""
         return np.hstack([self.weight * queries, self.coefficients.astype(queries.dtype)])
 
 
@@ -67,7 +73,11 @@ class Normaliser(ABC):
 
     @abstractmethod
     def stat_weights(self, params: NormParams) -> np.ndarray:
-        """(4,) coefficients of the stat columns for a query that activates every bank."""
+        """Coefficients of the stat columns for a query that activates every bank."""
+
+    def constant(self, params: NormParams, bank_sizes: tuple[int, int]) -> float:
+        """A per-query constant of the score beyond the log-mean-exp terms (default none)."""
+        return 0.0
 
     def plan(
         self,
@@ -86,6 +96,7 @@ class Normaliser(ABC):
             coef[:, LME_GALLERY_BANK] *= activated[:, 1]
         log_sizes = log_bank_sizes(bank_sizes)
         offsets = coef[:, LME_QUERY_BANK] * log_sizes[0] + coef[:, LME_GALLERY_BANK] * log_sizes[1]
+        offsets += self.constant(params, bank_sizes)
         return QueryPlan(self.similarity_weight, coef, offsets)
 
 
@@ -150,9 +161,21 @@ class CSLS(Normaliser):
         return _weights(csls_mean=-1.0)
 
 
+class DBSN(Normaliser):
+    name = "dbsn"
+    description = "dual-bank Sinkhorn normalisation (gallery bank × query bank)"
+
+    def stat_weights(self, params: NormParams) -> np.ndarray:
+        return _weights(dbsn=-1.0)
+
+    def constant(self, params: NormParams, bank_sizes: tuple[int, int]) -> float:
+        # τ·log u(g) = τ·log a + 1 − dbsn(g), a = 1/|BG| (the cost 1 − s contributes the 1)
+        return 1.0 - params.dbsn_tau * math.log(bank_sizes[1])
+
+
 NORMALISERS: dict[str, Normaliser] = {
     cls.name: cls()
-    for cls in (Raw, InvertedSoftmax, DynamicInvertedSoftmax, DualIS, DualDIS, NNN, CSLS)
+    for cls in (Raw, InvertedSoftmax, DynamicInvertedSoftmax, DualIS, DualDIS, NNN, CSLS, DBSN)
 }
 METHODS: tuple[str, ...] = tuple(NORMALISERS)
 

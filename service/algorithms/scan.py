@@ -3,8 +3,8 @@
 The expensive part of InvGC and of every DBNorm statistic is the similarity matrix
 ``S = items · bankᵀ``. This module computes it one block of rows at a time and derives from each
 block everything that is asked for (log-mean-exp at some β, mean of the top-k similarities,
-the LocalAdj neighbour sum, each bank item's best gallery items), so the product is computed
-once per bank and never held whole.
+the LocalAdj neighbour sum, DBSN's row update, each bank item's best gallery items), so the
+product is computed once per bank and never held whole.
 
 Cost model (why it is shaped like this): the block product is BLAS (all cores); the per-row
 reductions are not, so they run on :func:`~service.algorithms.blocks.parallel_map` threads over
@@ -33,6 +33,7 @@ from service.algorithms.blocks import (
     row_blocks,
     topk_desc,
 )
+from service.algorithms.sinkhorn import DbsnWeights, dbsn_row_stat
 
 _progress: ContextVar[Callable[[int], None] | None] = ContextVar("scan_progress", default=None)
 
@@ -55,6 +56,8 @@ class BankScan:
     """Reductions of ``S = items · bankᵀ`` (items: n×d, bank: N×d).
 
     log_mean_exp: (n,) ``log mean_b exp(β s(b, g))`` (log Z minus log N), if β was given.
+    dbsn: (n,) ``τ · logsumexp_b(log v_b + s(b, g)/τ)`` (DBSN's row update, float64 sums), if
+        Sinkhorn column weights were given (:func:`~service.algorithms.sinkhorn.dbsn_row_stat`).
     topk_means: {k: (n,) mean of the k largest s(b, g) over b}.
     neighbour_sum: (n, d) ``Σ_{b in top-K of g} s(g, b) · b`` (LocalAdj), if K was given.
     bank_top_idx / bank_top_sim: (N, k) each bank item's k most similar items, best first
@@ -62,6 +65,7 @@ class BankScan:
     """
 
     log_mean_exp: np.ndarray | None = None
+    dbsn: np.ndarray | None = None
     topk_means: dict[int, np.ndarray] = field(default_factory=dict)
     neighbour_sum: np.ndarray | None = None
     bank_top_idx: np.ndarray | None = None
@@ -76,16 +80,26 @@ class _RowReductions:
     mean_topk: tuple[int, ...]
     neighbour_k: int | None
     columns: int
+    dbsn: DbsnWeights | None = None
 
     @property
     def largest(self) -> int:
         """How many of each row's largest similarities the top-k means and neighbours need."""
         return min(self.columns, max((*self.mean_topk, self.neighbour_k or 0)))
 
-    def run(self, sims: np.ndarray, lme: np.ndarray, means: dict[int, np.ndarray], near) -> None:
+    def run(
+        self,
+        sims: np.ndarray,
+        lme: np.ndarray,
+        means: dict[int, np.ndarray],
+        near,
+        dbsn: np.ndarray,
+    ) -> None:
         """Write one chunk's reductions into the (chunk-sized) output views given."""
         if self.beta is not None:
             lme[:] = log_mean_exp(sims, self.beta)
+        if self.dbsn is not None:
+            dbsn[:] = dbsn_row_stat(sims, self.dbsn.log_v, self.dbsn.tau)
         if not self.largest:
             return
         vals, idx = _largest(sims, self.largest, need_idx=self.neighbour_k is not None)
@@ -127,6 +141,7 @@ def scan_bank(
     mean_topk: tuple[int, ...] = (),
     neighbour_k: int | None = None,
     bank_topk: int | None = None,
+    dbsn: DbsnWeights | None = None,
     rows: int | None = None,
 ) -> BankScan:
     """Compute the requested reductions of ``items · bankᵀ`` in row blocks (see :class:`BankScan`).
@@ -140,11 +155,14 @@ def scan_bank(
         return _empty_bank_scan(items, beta, mean_topk, neighbour_k, bank_topk)
     rows = rows or block_rows(N, dtype.itemsize)
     chunk = block_rows(N, dtype.itemsize, CHUNK_BYTES)
-    per_row = _RowReductions(beta, tuple(mean_topk), neighbour_k, N)
+    per_row = _RowReductions(beta, tuple(mean_topk), neighbour_k, N, dbsn)
     out = BankScan()
     lme = np.empty(n, dtype) if beta is not None else np.empty((n, 0), dtype)
     if beta is not None:
         out.log_mean_exp = lme
+    dbsn_out = np.empty(n, dtype) if dbsn is not None else np.empty((n, 0), dtype)
+    if dbsn is not None:
+        out.dbsn = dbsn_out
     for k in mean_topk:
         out.topk_means[k] = np.empty(n, dtype)
     near_k = min(neighbour_k, N) if neighbour_k is not None else 0
@@ -162,7 +180,7 @@ def scan_bank(
             at = slice(sl.start + part.start, sl.start + part.stop)
             means = {k: out.topk_means[k][at] for k in mean_topk}
             near = (near_idx[part], near_val[part])
-            per_row.run(sims[part], lme[at], means, near)
+            per_row.run(sims[part], lme[at], means, near, dbsn_out[at])
 
         parallel_map(reduce_chunk, row_blocks(b, chunk))
         if out.neighbour_sum is not None:

@@ -161,7 +161,8 @@ def ranks_of(
             "ij,ij->i", queries[sl], view.embeddings[truth[sl]]
         ) + bias.sum(axis=1)
         magnitude[sl] = abs(plan.weight) + np.abs(bias).sum(axis=1)
-    # twice the worst-case rounding error of a (d + 4)-term float sum of unit-vector products
+    # twice the worst-case rounding error of a (d + #stat columns)-term float sum of unit-vector
+    # products
     # (Σ|q_i g_i| ≤ 1), so the band always holds the true item's score and its exact duplicates
     tol = 2 * (view.embeddings.shape[1] + 8) * np.finfo(dtype).eps * (magnitude + np.abs(estimate))
     above = (estimate + tol).astype(dtype)[:, None]

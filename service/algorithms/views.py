@@ -15,6 +15,7 @@ every view stays immutable (copying 100k × 384 float32 rows per change would co
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -24,20 +25,30 @@ import numpy as np
 from service.algorithms.invgc import InvGCParams, invgc_adjust
 from service.algorithms.stats import (
     BankTopK,
+    DbsnWeights,
     NormParams,
+    dbsn_weights,
     gallery_bank_scan,
     query_bank_scan,
     stats_from_scans,
 )
 from service.algorithms.validation import InputError, check_embeddings
 
+_DBSN_LOCK = threading.Lock()
+
 
 @dataclass(frozen=True)
 class Banks:
-    """The two fixed banks, L2-normalised: query bank BQ (N_q, d), gallery bank BG (N_g, d)."""
+    """The two fixed banks, L2-normalised: query bank BQ (N_q, d), gallery bank BG (N_g, d).
+
+    Also holds the banks' DBSN Sinkhorn weights per (τ, T), solved on first use: a statistic of
+    the bank set, shared by every batch of items prepared against it."""
 
     query_bank: np.ndarray
     gallery_bank: np.ndarray
+    _dbsn: dict[tuple[float, int], DbsnWeights] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @classmethod
     def from_arrays(cls, query_bank: object, gallery_bank: object) -> Banks:
@@ -52,6 +63,18 @@ class Banks:
     @property
     def sizes(self) -> tuple[int, int]:
         return self.query_bank.shape[0], self.gallery_bank.shape[0]
+
+    def dbsn(self, norm: NormParams) -> DbsnWeights:
+        """The Sinkhorn weights at ``norm``'s τ and T (solved once, then memoised)."""
+        key = (norm.dbsn_tau, norm.dbsn_iterations)
+        with _DBSN_LOCK:  # concurrent first users (export threads, upserts) solve it once
+            if key not in self._dbsn:
+                self._dbsn[key] = dbsn_weights(self.query_bank, self.gallery_bank, norm)
+            return self._dbsn[key]
+
+    def seed_dbsn(self, norm: NormParams, log_v: np.ndarray) -> None:
+        """Adopt weights solved earlier for these banks (the precompute cache's copy)."""
+        self._dbsn[(norm.dbsn_tau, norm.dbsn_iterations)] = DbsnWeights(log_v, norm.dbsn_tau)
 
 
 class GrowthBuffers:
@@ -137,7 +160,7 @@ _MAX_RUNS = 256
 class GalleryView:
     """One searchable gallery variant.
 
-    embeddings: (n, d) unit rows. stats: (n, 4) stat columns (``STAT_COLUMNS``).
+    embeddings: (n, d) unit rows. stats: (n, len(STAT_COLUMNS)) stat columns (``STAT_COLUMNS``).
     query_top / gallery_top: each bank item's top-k rows, whose union is the activation set.
     bank_sizes: (|BQ|, |BG|). growth: the spare-row buffers ``embeddings`` and ``stats`` are
     the start of, if any (see :class:`GrowthBuffers`).
@@ -211,7 +234,9 @@ def _view(
     dis_topk columns are the activation set) for the hub screening's k-occurrence."""
     k_q, k_g = neighbours or (None, None)
     width = max(norm.dis_topk, hub_topk)
-    qs = query_bank_scan(items, banks.query_bank, norm, neighbour_k=k_q, bank_topk=width)
+    qs = query_bank_scan(
+        items, banks.query_bank, norm, banks.dbsn(norm), neighbour_k=k_q, bank_topk=width
+    )
     gs = gallery_bank_scan(
         items, banks.gallery_bank, norm, neighbour_k=k_g, bank_topk=norm.dis_topk
     )

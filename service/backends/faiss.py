@@ -1,7 +1,7 @@
 """FAISS backend: one inner-product index per view over ``[g, stat(g)]`` serves every method.
 
 Every method scores ``w·s(q, g) + c(q)·stat(g)`` (plus a per-query offset), so an index over the
-augmented gallery rows ``[g, stat(g)]`` (d + 4 float32 columns) searched with
+augmented gallery rows ``[g, stat(g)]`` (d + 5 float32 columns) searched with
 ``[w·q, c(q)]`` (:meth:`QueryPlan.query_coordinates`) ranks by exactly the method's score; the
 backend adds ``plan.offsets`` to the inner products, as the exact backend does. ``top1`` (the
 dynamic methods' raw pass) searches the same index with the stat coefficients zeroed: the
@@ -40,13 +40,13 @@ from functools import cached_property
 import faiss
 import numpy as np
 
-from service.algorithms import GalleryView, QueryPlan, search, top1_raw
+from service.algorithms import STAT_COLUMNS, GalleryView, QueryPlan, search, top1_raw
 from service.algorithms.blocks import block_rows, row_blocks
 from service.backends.base import SearchBackend
 
 #: Rebuild an HNSW index from scratch once this share of its slots are tombstones.
 REBUILD_DEAD_SHARE = 0.25
-_STATS = 4
+_STATS = len(STAT_COLUMNS)
 INDEXES = ("flat", "hnsw", "ivf")
 #: Query batches from this size on use BLAS in flat search. faiss-cpu ships with 128,000 (all
 #: practical batches take its per-query SIMD scan): at n = 100k, d = 512 a batch of 64 then takes
@@ -92,7 +92,7 @@ class IvfSettings:
 class _Layout:
     """How the stat columns are stored: ``(stat − centre) · scale`` (exact for any values)."""
 
-    centre: np.ndarray  # (4,) float32
+    centre: np.ndarray  # (len(STAT_COLUMNS),) float32
     scale: float
 
     @classmethod
@@ -109,7 +109,7 @@ class _Layout:
         return cls(view.stats.mean(axis=0).astype(np.float32), scale)
 
     def gallery(self, view: GalleryView, rows: slice | np.ndarray) -> np.ndarray:
-        """(b, d+4) float32 index rows of the view's ``rows``."""
+        """(b, d+5) float32 index rows of the view's ``rows``."""
         emb = view.embeddings[rows]
         out = np.empty((emb.shape[0], emb.shape[1] + _STATS), np.float32)
         out[:, : emb.shape[1]] = emb
@@ -121,7 +121,7 @@ class _Layout:
         return out
 
     def queries(self, queries: np.ndarray, plan: QueryPlan) -> tuple[np.ndarray, np.ndarray]:
-        """(m, d+4) float32 index queries and the (m,) float64 score correction ``c·centre``."""
+        """(m, d+5) float32 index queries and the (m,) float64 score correction ``c·centre``."""
         coords = np.ascontiguousarray(plan.query_coordinates(queries), dtype=np.float32)
         if self.scale != 1.0:
             coords[:, -_STATS:] /= np.float32(self.scale)

@@ -1,6 +1,6 @@
 """Milvus backend: one view's bias-augmented gallery in a Milvus collection, synced by diffs.
 
-Each row is stored once as ``[g, stat(g)]`` (d+4 float32, metric IP), keyed by its gallery id,
+Each row is stored once as ``[g, stat(g)]`` (d+5 float32, metric IP), keyed by its gallery id,
 so one exact (FLAT) inner-product search with ``[w·q, c(q)]`` serves every method; HNSW and
 IVF_FLAT are options for galleries too big for brute force (they are approximate).
 ``MilvusClient("path/file.db")`` runs an embedded milvus-lite; ``http://host:19530`` a server.
@@ -173,7 +173,7 @@ def upsert_rows(
     coords: np.ndarray,
     metadata: Iterable[Any] | None = None,
 ) -> int:
-    """Upsert rows ``ids[i] -> coords[i]`` (n, d+4) in batches; metadata is optional JSON."""
+    """Upsert rows ``ids[i] -> coords[i]`` (n, d+5) in batches; metadata is optional JSON."""
     ids = list(ids)
     meta = list(metadata) if metadata is not None else None
     digests = row_digests(coords)

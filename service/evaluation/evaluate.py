@@ -189,6 +189,7 @@ def _varied(config: Config, norm: NormParams, invgc: InvGCParams) -> dict[str, A
         "dualdis": ("beta_query_bank", "beta_gallery_bank", "dis_topk"),
         "nnn": ("nnn_alpha", "nnn_topk"),
         "csls": ("csls_topk",),
+        "dbsn": ("dbsn_tau", "dbsn_iterations"),
     }.get(config.method, ())
     out: dict[str, Any] = {n: getattr(norm, n) for n in names}
     if config.invgc != "off":

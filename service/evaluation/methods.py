@@ -24,6 +24,7 @@ METHOD_LABELS = {
     "dualdis": "DualDIS",
     "nnn": "NNN",
     "csls": "CSLS",
+    "dbsn": "DBSN",
 }
 
 

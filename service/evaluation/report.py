@@ -104,7 +104,7 @@ def render_markdown(
     params_source: str,
     params_header: Sequence[str] = (),
     plots: Sequence[tuple[str, str]] = (),
-    highlight: Sequence[str] = ("dualis", "invgc+dualis"),
+    highlight: Sequence[str] = ("dualis", "invgc+dualis", "dbsn"),
 ) -> str:
     """The whole report: context, each table with plain comparisons to raw, notes, plots."""
     ds = evaluation.dataset

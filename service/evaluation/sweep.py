@@ -1,7 +1,8 @@
 """Exact re-scoring for parameter sweeps, without recomputing anything a grid point shares.
 
 Every method scores ``w·s(q, g) + c(q)·stat(g)`` (:mod:`service.algorithms.normalisers`), and
-across a β grid only the two log-mean-exp stat columns change. So a sweep computes, once:
+across a β grid only the two log-mean-exp stat columns change (across a τ grid, only DBSN's).
+So a sweep computes, once:
 
 - the raw similarities ``S = Q Gᵀ`` of the split (small: validation or test, m × n);
 - each bank's log-mean-exp at *every* β of the grid, from one blocked pass of ``G · bankᵀ``
@@ -36,7 +37,8 @@ from service.algorithms import (
     prepare_items,
 )
 from service.algorithms.blocks import block_rows, row_blocks, topk_desc
-from service.algorithms.stats import LME_GALLERY_BANK, LME_QUERY_BANK
+from service.algorithms.scan import scan_bank
+from service.algorithms.stats import DBSN, LME_GALLERY_BANK, LME_QUERY_BANK
 from service.evaluation.methods import Split
 
 #: Query rows ranked at once: bounds the temporaries to ``QUERY_CHUNK × n`` floats.
@@ -80,9 +82,9 @@ class Similarities:
         return cls.of(split.queries, split.gallery, split.truth)
 
     def ranks(self, stats: np.ndarray, plan: QueryPlan) -> np.ndarray:
-        """Ranks under ``plan`` with the gallery's (n, 4) ``stats``. Dividing by the positive
-        weight ``w`` leaves each query's ranking unchanged; queries share at most four distinct
-        coefficient rows (activation patterns), so each pattern's bias is computed once."""
+        """Ranks under ``plan`` with the gallery's (n, #stat columns) ``stats``. Dividing by the
+        positive weight ``w`` leaves each query's ranking unchanged; queries share at most four
+        distinct coefficient rows (activation patterns), so each pattern's bias is computed once."""
         coef = plan.coefficients / plan.weight
         patterns, inverse = np.unique(coef, axis=0, return_inverse=True)
         biases = (patterns @ stats.T.astype(np.float64)).astype(self.sims.dtype)
@@ -141,6 +143,7 @@ class GalleryProfile:
     betas: np.ndarray
     lme_query_bank: np.ndarray
     lme_gallery_bank: np.ndarray
+    banks: Banks
 
     @classmethod
     def build(
@@ -160,6 +163,7 @@ class GalleryProfile:
             betas,
             lme_grid(gallery, banks.query_bank, betas),
             lme_grid(gallery, banks.gallery_bank, betas),
+            banks,
         )
 
     def _index(self, beta: float) -> int:
@@ -169,10 +173,18 @@ class GalleryProfile:
         return i
 
     def stats(self, beta_query_bank: float, beta_gallery_bank: float) -> np.ndarray:
-        """(n, 4) stat columns at this β pair (the other columns as prepared)."""
+        """(n, len(STAT_COLUMNS)) stat columns at this β pair (the other columns as prepared)."""
         stats = self.view.stats.copy()
         stats[:, LME_QUERY_BANK] = self.lme_query_bank[self._index(beta_query_bank)]
         stats[:, LME_GALLERY_BANK] = self.lme_gallery_bank[self._index(beta_gallery_bank)]
+        return stats
+
+    def dbsn_stats(self, norm: NormParams) -> np.ndarray:
+        """(n, #stat columns) stat columns with DBSN's at ``norm``'s τ and T: one Sinkhorn solve
+        of the banks (memoised by them) and one scan of the gallery against the query bank."""
+        stats = self.view.stats.copy()
+        scan = scan_bank(self.view.embeddings, self.banks.query_bank, dbsn=self.banks.dbsn(norm))
+        stats[:, DBSN] = scan.dbsn
         return stats
 
 

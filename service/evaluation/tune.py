@@ -3,7 +3,8 @@
 Stages (each exact, each cheap thanks to :mod:`service.evaluation.sweep`):
 
 1. every normaliser on the original validation gallery: β on a log grid (β_q for IS/DIS, the
-   (β_q, β_g) product grid for DualIS/DualDIS), NNN's α on a linear grid;
+   (β_q, β_g) product grid for DualIS/DualDIS), NNN's α on a linear grid, DBSN's τ on a log
+   grid (T as configured);
 2. InvGC LocalAdj alone (raw scores): the (r_gallery_bank × r_query_bank × pool_rate) grid;
 3. every normaliser again on the gallery adjusted with stage 2's best InvGC parameters
    (a coordinate-wise search: the joint grid would be the product of both).
@@ -41,6 +42,8 @@ DEFAULT_BETAS: tuple[float, ...] = (
 DEFAULT_RATES: tuple[float, ...] = tuple(round(0.1 * i, 10) for i in range(11))
 DEFAULT_POOL_RATES: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05, 0.1)
 DEFAULT_NNN_ALPHAS: tuple[float, ...] = tuple(round(0.1 * i, 10) for i in range(16))
+#: DBSN's Sinkhorn temperature: a 1-2-5 log grid around the paper's 0.01 (one solve each).
+DEFAULT_TAUS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 BETA_METHODS = ("is", "dis", "dualis", "dualdis")
 DUAL_METHODS = ("dualis", "dualdis")
@@ -54,11 +57,13 @@ class Grid:
     rates: tuple[float, ...] = DEFAULT_RATES
     pool_rates: tuple[float, ...] = DEFAULT_POOL_RATES
     nnn_alphas: tuple[float, ...] = DEFAULT_NNN_ALPHAS
+    taus: tuple[float, ...] = DEFAULT_TAUS
 
     def size(self) -> int:
         """Number of grid points :func:`tune` evaluates."""
-        b, a = len(self.betas), len(self.nnn_alphas)
-        per_gallery = 1 + 2 * b + 2 * b * b + a + 1  # raw, is+dis, dualis+dualdis, nnn, csls
+        b, a, t = len(self.betas), len(self.nnn_alphas), len(self.taus)
+        # raw, is+dis, dualis+dualdis, nnn, csls, dbsn
+        per_gallery = 1 + 2 * b + 2 * b * b + a + 1 + t
         return 2 * per_gallery - 1 + len(self.pool_rates) * len(self.rates) ** 2
 
     def as_dict(self) -> dict[str, list[float]]:
@@ -115,6 +120,10 @@ def _normaliser_points(
         elif method == "nnn":
             for alpha in grid.nnn_alphas:
                 yield run(method, replace(base, nnn_alpha=alpha), view.stats, {"nnn_alpha": alpha})
+        elif method == "dbsn":
+            for tau in grid.taus:
+                norm = replace(base, dbsn_tau=tau)
+                yield run(method, norm, profile.dbsn_stats(norm), {"dbsn_tau": tau})
         else:  # csls: no parameter searched
             yield run(method, base, view.stats, {})
 
@@ -171,6 +180,7 @@ class TuneResult:
             "beta_query_bank": self.norm.beta_query_bank,
             "beta_gallery_bank": self.norm.beta_gallery_bank,
             "nnn_alpha": self.norm.nnn_alpha,
+            "dbsn_tau": self.norm.dbsn_tau,
             "r_gallery_bank": self.invgc.r_gallery_bank,
             "r_query_bank": self.invgc.r_query_bank,
             "pool_rate": self.invgc.pool_rate,
@@ -255,12 +265,16 @@ def _choose(points: list[Point], base: NormParams) -> tuple[Point, NormParams, l
     best_nnn = _best(points, method="nnn", invgc=variant)
     assert best_nnn is not None
     notes.append(f"NNN α: tuned for {best_nnn.config.key}")
+    best_dbsn = _best(points, method="dbsn", invgc=variant)
+    assert best_dbsn is not None
+    notes.append(f"DBSN τ: tuned for {best_dbsn.config.key}")
     notes.append("InvGC rates and pool rate: tuned for InvGC LocalAdj alone (raw scores)")
     norm = replace(
         base,
         beta_query_bank=beta_q,
         beta_gallery_bank=beta_g,
         nnn_alpha=best_nnn.params["nnn_alpha"],
+        dbsn_tau=best_dbsn.params["dbsn_tau"],
     )
     return default, norm, notes
 

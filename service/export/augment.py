@@ -3,11 +3,11 @@
 Every method scores ``w·s(q, g) + c(q)·stat(g) + offset(q)`` (see
 :mod:`service.algorithms.normalisers`), so an engine that stores, per gallery item,
 
-    gallery_coordinates = [g, stat(g)]                       (d + 4 floats)
+    gallery_coordinates = [g, stat(g)]                       (d + 5 floats)
 
 and is searched by inner product with
 
-    query_coordinates   = [w·q, c(q)]                        (d + 4 floats)
+    query_coordinates   = [w·q, c(q)]                        (d + 5 floats)
 
 ranks exactly as the service does; add :func:`score_offsets` (a per-query constant) to the
 engine's inner products to get the service's reported scores.
@@ -43,7 +43,7 @@ EXTRA_DIMS = len(STAT_COLUMNS)
 
 
 def gallery_coordinates(embeddings: np.ndarray, stats: np.ndarray) -> np.ndarray:
-    """(n, d+4) float32 rows ``[g, stat(g)]`` from a view's embeddings (n, d) and stats (n, 4)."""
+    """(n, d+5) float32 rows ``[g, stat(g)]`` from a view's embeddings (n, d) and stats (n, 5)."""
     return np.hstack([embeddings, stats]).astype(np.float32, copy=False)
 
 
@@ -59,7 +59,8 @@ def query_plan(
     activated: np.ndarray | None = None,
     bank_sizes: tuple[int, int] = (1, 1),
 ) -> QueryPlan:
-    """The plan (weight, (m, 4) coefficients, (m,) offsets) of ``method`` for m queries.
+    """The plan (weight, (m, #stat columns) coefficients, (m,) offsets) of ``method`` for m
+    queries.
 
     activated: (m, 2) bool, the raw top-1 item in (A_BQ, A_BG); dynamic methods only.
     bank_sizes: (|BQ|, |BG|), which only the offsets depend on (rankings never do).
@@ -73,7 +74,7 @@ def query_coordinates(
     params: NormParams,
     activated: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(m, d+4) float32 query vectors ``[w·q, c(q)]`` to search ``[g, stat(g)]`` by inner product.
+    """(m, d+5) float32 query vectors ``[w·q, c(q)]`` to search ``[g, stat(g)]`` by inner product.
 
     queries: (m, d) raw query embeddings; they are L2-normalised here, as the service does.
     activated: (m, 2) bool, required for the dynamic methods (see the module docstring).
@@ -93,7 +94,8 @@ def score_offsets(
     """(m,) constants to add to the engine's inner products to get the service's scores.
 
     The stat columns hold log-mean-exp, i.e. ``log Z − log N``; the offset adds the ``log N``
-    back (``−c_BQ·…`` form: ``c_BQ·log|BQ| + c_BG·log|BG|``). Zero for raw, nnn and csls.
+    back (``−c_BQ·…`` form: ``c_BQ·log|BQ| + c_BG·log|BG|``); DBSN's is ``1 − τ·log|BG|``.
+    Zero for raw, nnn and csls.
     """
     return query_plan(method, params, m, activated, bank_sizes).offsets
 

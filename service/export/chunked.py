@@ -108,7 +108,7 @@ class MappedGallery:
 
 @dataclass(frozen=True)
 class AugmentedChunk:
-    """Rows ``start … start+len-1`` of the exported view: ``coords`` (b, d+4) float32 and each
+    """Rows ``start … start+len-1`` of the exported view: ``coords`` (b, d+5) float32 and each
     bank's top-k within the chunk (rows numbered from 0 within the chunk)."""
 
     start: int

@@ -30,11 +30,11 @@ def register(subparsers: Any) -> None:
         "export",
         help="export the bias-augmented gallery [g, stat(g)] to Parquet and/or Milvus",
         description=(
-            "Compute each gallery item's d+4 coordinates [g, stat(g)] (every method is an inner "
-            "product with [w*q, c(q)]) in parallel chunks from a memory-mapped .npy, and write "
-            "them to a Parquet file and/or a Milvus collection, with a JSON sidecar telling how "
-            "to build query vectors for each method. Settings (gallery, banks, parameters) come "
-            "from HUBLESS_* variables and --env-file, as for `hubless serve`."
+            "Compute each gallery item's augmented coordinates [g, stat(g)] (every method is an "
+            "inner product with [w*q, c(q)]) in parallel chunks from a memory-mapped .npy, and "
+            "write them to a Parquet file and/or a Milvus collection, with a JSON sidecar telling "
+            "how to build query vectors for each method. Settings (gallery, banks, parameters) "
+            "come from HUBLESS_* variables and --env-file, as for `hubless serve`."
         ),
     )
     target = parser.add_argument_group("outputs (at least one)")
@@ -80,7 +80,7 @@ def register(subparsers: Any) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     """Run the export the parsed arguments describe; prints the sidecar's summary as JSON."""
-    from service.algorithms import Banks, InputError
+    from service.algorithms import STAT_COLUMNS, Banks, InputError
     from service.engine.loading import DataError, load_embeddings
     from service.export.chunked import ExportJob, MappedGallery
     from service.export.pipeline import export_gallery
@@ -116,7 +116,7 @@ def run_export(args: argparse.Namespace) -> int:
         ids = LineSource(settings.gallery_ids_path(), n)
         metadata = LineSource(args.metadata, n, "metadata") if args.metadata else None
         if args.out is not None:
-            sinks.append(ParquetSink(args.out / "gallery.parquet", d + 4))
+            sinks.append(ParquetSink(args.out / "gallery.parquet", d + len(STAT_COLUMNS)))
             sidecar, activation = args.out / "gallery.json", args.out / "activation.json"
         if args.milvus_uri is not None:
             # the service's Milvus settings, so export and service name the same collection
@@ -124,7 +124,9 @@ def run_export(args: argparse.Namespace) -> int:
             secret = settings.milvus_token
             token = args.milvus_token or (secret.get_secret_value() if secret else None)
             index = args.index or settings.milvus_index
-            sinks.append(MilvusSink(args.milvus_uri, token, collection, d + 4, index))
+            sinks.append(
+                MilvusSink(args.milvus_uri, token, collection, d + len(STAT_COLUMNS), index)
+            )
             if args.out is None:
                 sidecar = Path(f"{collection}.json")
                 activation = Path(f"{collection}.activation.json")

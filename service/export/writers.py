@@ -4,7 +4,7 @@ Sinks receive chunks in row order (``write(ids, coords, metadata)``) and are fin
 once. Ids and metadata are streamed from their text files next to the chunks, so neither is
 ever held whole.
 
-Parquet columns: ``id`` (string), ``vector`` (list<float32>, d+4: ``[g, stat(g)]``),
+Parquet columns: ``id`` (string), ``vector`` (list<float32>, d+5: ``[g, stat(g)]``),
 ``metadata`` (string: JSON text, or null). The file is written under a temporary name and
 renamed when complete.
 """

@@ -37,7 +37,7 @@ betas = st.floats(min_value=-3.0, max_value=3.0).map(lambda e: float(10.0**e))
 #: β small enough for the naive reference's plain exp (|β·s| ≤ 30).
 moderate_betas = st.floats(min_value=0.05, max_value=30.0)
 
-METHODS_REF = ("raw", "is", "dis", "dualis", "dualdis", "nnn", "csls")
+METHODS_REF = ("raw", "is", "dis", "dualis", "dualdis", "nnn", "csls", "dbsn")
 
 
 def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -109,6 +109,8 @@ def ref_kwargs(params: NormParams) -> dict:
         "nnn_topk": params.nnn_topk,
         "nnn_alpha": params.nnn_alpha,
         "csls_topk": params.csls_topk,
+        "dbsn_tau": params.dbsn_tau,
+        "dbsn_iterations": params.dbsn_iterations,
     }
 
 

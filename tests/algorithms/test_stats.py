@@ -31,6 +31,14 @@ from .conftest import (
 topks = st.integers(1, 4)
 
 
+def naive_dbsn(gallery, p, params) -> np.ndarray:
+    """The stored DBSN column from SPEC's u(g): ``1 − τ log |BG| − τ log u(g)``."""
+    tau, ng = params.dbsn_tau, len(p.gallery_bank)
+    v = ref.sinkhorn_v(p.gallery_bank, p.query_bank, tau, params.dbsn_iterations)
+    log_u = [math.log(ref.sinkhorn_u(g, p.query_bank, v, tau, ng)) for g in gallery]
+    return 1 - tau * math.log(ng) - tau * np.array(log_u)
+
+
 def naive_stats(gallery, p, params) -> np.ndarray:
     nq, ng = len(p.query_bank), len(p.gallery_bank)
     return np.column_stack(
@@ -39,6 +47,7 @@ def naive_stats(gallery, p, params) -> np.ndarray:
             ref.log_z(gallery, p.gallery_bank, params.beta_gallery_bank) - math.log(ng),
             ref.bank_topk_mean(gallery, p.query_bank, params.nnn_topk),
             ref.bank_topk_mean(gallery, p.query_bank, params.csls_topk),
+            naive_dbsn(gallery, p, params),
         ]
     )
 
@@ -49,7 +58,7 @@ def activation_sets(view) -> tuple[set[int], set[int]]:
 
 
 def test_stat_columns_order():
-    assert STAT_COLUMNS == ("lme_query_bank", "lme_gallery_bank", "nnn_mean", "csls_mean")
+    assert STAT_COLUMNS == ("lme_query_bank", "lme_gallery_bank", "nnn_mean", "csls_mean", "dbsn")
 
 
 @given(
@@ -66,7 +75,7 @@ def test_item_stats_match_naive(seed, beta_q, beta_g, nnn_topk, csls_topk):
         beta_query_bank=beta_q, beta_gallery_bank=beta_g, nnn_topk=nnn_topk, csls_topk=csls_topk
     )
     got = item_stats(p.gallery, p.query_bank, p.gallery_bank, params)
-    assert got.shape == (len(p.gallery), 4) and got.dtype == np.float64
+    assert got.shape == (len(p.gallery), len(STAT_COLUMNS)) and got.dtype == np.float64
     np.testing.assert_allclose(got, naive_stats(p.gallery, p, params), rtol=1e-10, atol=1e-12)
 
 
@@ -226,7 +235,7 @@ def test_remove_equals_fresh(seed, n, k, invgc, data):
             fresh = prepare_items(kept, p.banks, params, None).original
             assert_views_equal(removed, fresh)
         else:
-            assert removed.stats.shape == (0, 4)
+            assert removed.stats.shape == (0, len(STAT_COLUMNS))
             assert not removed.activated.any()
 
 

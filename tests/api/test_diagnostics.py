@@ -8,9 +8,10 @@ import pytest
 from engine import demo_queries
 from fastapi.testclient import TestClient
 
+from service.algorithms import METHODS
+
 from . import Serve, search
 
-METHODS = ["raw", "is", "dis", "dualis", "dualdis", "nnn", "csls"]
 SHARES = ("robin_hood", "gini", "antihub_rate", "hub_occurrence", "max_occurrence_ratio")
 
 

@@ -13,9 +13,10 @@ import pytest
 from engine import demo_queries, write_gallery
 from fastapi.testclient import TestClient
 
+from service.algorithms import METHODS
+
 from . import DemoFiles, Serve, demo_rows, put, running, search
 
-METHODS = ("raw", "is", "dis", "dualis", "dualdis", "nnn", "csls")
 #: A changed service and a fresh one compute the same float32 sums over other row batches (a
 #: batch of 25 new items vs the whole gallery), so BLAS may block and order them differently,
 #: and each kernel (OPENBLAS_CORETYPE) does so its own way. A float32 dot product of d terms

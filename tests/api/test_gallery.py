@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from service.algorithms import METHODS
+
 from . import DemoFiles, Serve, assert_error, search
 
 #: ids a client may well use; each must work as a path segment once percent-encoded
@@ -165,7 +167,7 @@ def test_an_emptied_gallery_still_answers(serve: Serve, demo: DemoFiles) -> None
     client = serve()
     assert client.post("/gallery/delete", json={"ids": demo.ids}).json()["size"] == 0
     probe = demo.embeddings[:2]
-    for method in ("raw", "is", "dis", "dualis", "dualdis", "nnn", "csls"):
+    for method in METHODS:
         for invgc in (False, True):
             body = search(client, probe, k=5, method=method, invgc=invgc)
             assert body["results"] == [[], []], (method, invgc)

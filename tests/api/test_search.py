@@ -8,13 +8,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from algorithms.reference import dbsn_tau_log_u_dense
 from fastapi.testclient import TestClient
 
+from service.algorithms import METHODS
 from service.settings import Settings
 
 from . import DemoFiles, Serve, assert_error, assert_same_hits, search
 
-METHODS = ("raw", "is", "dis", "dualis", "dualdis", "nnn", "csls")
 #: the service computes in float32; SPEC's formulas here run in float64
 TOL = 1e-4
 
@@ -86,6 +87,10 @@ class Reference:
             return sim - s.nnn_alpha * _mean_topk(view @ self.query_bank.T, s.nnn_topk)
         if method == "csls":
             return 2 * sim - _mean_topk(view @ self.query_bank.T, s.csls_topk)
+        if method == "dbsn":
+            return sim + dbsn_tau_log_u_dense(
+                view, self.query_bank, self.gallery_bank, s.dbsn_tau, s.dbsn_iterations
+            )
         top1 = sim.argmax(axis=1)
         a_q = np.isin(top1, list(self.activation(view, self.query_bank)))[:, None]
         if method == "dis":
@@ -170,13 +175,19 @@ def test_defaults_apply_when_fields_are_omitted(
     client: TestClient, probes: np.ndarray, monkeypatch: pytest.MonkeyPatch, serve: Serve
 ) -> None:
     body = search(client, probes[:2])
-    assert (body["method"], body["k"], body["offset"], body["invgc"]) == ("dualis", 10, 0, True)
+    default_method = Settings.model_fields["default_method"].default
+    # the shared service turns InvGC on (tests.engine.SMALL_PARAMS)
+    assert (body["method"], body["k"], body["offset"], body["invgc"]) == (
+        default_method,
+        10,
+        0,
+        True,
+    )
     assert [len(hits) for hits in body["results"]] == [10, 10]
     assert body["gallery_version"] == client.get("/readyz").json()["version"] == 1
 
     monkeypatch.setenv("HUBLESS_DEFAULT_METHOD", "nnn")
-    monkeypatch.setenv("HUBLESS_INVGC", "false")
-    other = serve()
+    other = serve(invgc=False)  # an explicit field, as SMALL_PARAMS sets it explicitly
     body = search(other, probes[:2])
     assert (body["method"], body["invgc"]) == ("nnn", False)
     expected = search(client, probes[:2], method="nnn", invgc=False)["results"]

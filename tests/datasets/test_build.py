@@ -13,12 +13,13 @@ import pytest
 from service.datasets.build import (
     DEMO_DIR,
     DEMO_SIZES,
+    PYDOC_SIZES,
     DatasetSizes,
     build_dataset,
     load_dataset,
     split_pairs,
 )
-from service.datasets.commands import register, sizes_from_args
+from service.datasets.commands import out_dir_from_args, register, sizes_from_args
 from service.datasets.wordnet import load_pairs
 
 DIM = 8
@@ -241,7 +242,10 @@ def test_cli_sizes() -> None:
     )
     args = parser.parse_args(["build-dataset"])
     assert sizes_from_args(args) == DatasetSizes(5000, 2000, 10000, 10000)
-    assert args.out == Path("var/datasets/wordnet-e5") and callable(args.func)
+    assert out_dir_from_args(args) == Path("var/datasets/wordnet-e5") and callable(args.func)
+    args = parser.parse_args(["build-dataset", "--kind", "pydoc"])
+    assert sizes_from_args(args) == PYDOC_SIZES
+    assert out_dir_from_args(args) == Path("var/datasets/pydoc-e5")
 
 
 def test_bundled_demo_dataset_loads() -> None:

@@ -21,8 +21,9 @@ if _ROOT not in sys.path:
 from service.settings import DEMO_DIR, Settings  # noqa: E402
 
 GALLERY_ROWS, QUERY_BANK_ROWS, GALLERY_BANK_ROWS = 300, 400, 400
-#: Parameters sized for a 400-item bank (NNN's default 128 neighbours is a third of it).
-SMALL_PARAMS = {"nnn_topk": 16}
+#: Parameters sized for a 400-item bank (NNN's default 128 neighbours is a third of it), and
+#: InvGC on (off by default) so that the shared services serve both gallery views.
+SMALL_PARAMS = {"nnn_topk": 16, "invgc": True}
 
 
 @dataclass(frozen=True)

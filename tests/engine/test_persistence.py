@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.algorithms import check_embeddings
+from service.algorithms import check_embeddings, prepare_items
 from service.engine import Engine
 from service.engine.persistence import DB_NAME, GalleryStore
 from service.engine.startup import load_engine
@@ -165,3 +165,31 @@ def test_a_change_that_cannot_be_logged_is_not_applied(
     assert engine.state is before
     monkeypatch.undo()
     _assert_same_engine(load_engine(settings), engine)
+
+
+@pytest.mark.parametrize("changed", [{"dbsn_tau": 0.02}, {"dbsn_iterations": 3}])
+def test_dbsn_weights_come_from_the_cache_and_its_key_covers_tau_and_t(
+    settings: Settings, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, changed
+) -> None:
+    """A restart reuses the banks' Sinkhorn weights (no solve, upserts still exact); another τ
+    or T is another cache entry with other dbsn scores."""
+    caplog.set_level(logging.INFO)
+    first = load_engine(settings)
+    import service.algorithms.stats as stats_module
+
+    def no_solve(*args: object) -> None:
+        raise AssertionError("the cached weights should have been used")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(stats_module, "sinkhorn_log_v", no_solve)
+        again = load_engine(settings)
+        _assert_same_engine(again, first)
+        new = _unit(np.random.default_rng(3).normal(size=(2, 384)).astype(np.float32))
+        again.upsert(["x0", "x1"], new, [None, None])  # needs the weights: from the cache
+    fresh = prepare_items(new, first.banks, first.norm, None).original
+    np.testing.assert_array_equal(again.state.original.stats[-2:], fresh.stats)
+    other = load_engine(settings.model_copy(update=changed))
+    assert [r.precompute_cached for r in _ready_records(caplog)] == [False, True, False]
+    queries = _unit(demo_queries(3)[0])
+    scores = [e.search(queries, k=3, method="dbsn", invgc=False).scores for e in (first, other)]
+    assert not np.allclose(scores[0], scores[1])

@@ -19,7 +19,7 @@ from service.engine.state import Catalog
 
 DIM, BANK = 16, 60
 NORM = NormParams(nnn_topk=8, csls_topk=4, dis_topk=2)
-METHODS = ("raw", "dualis", "dualdis", "csls", "nnn")
+METHODS = ("raw", "dualis", "dualdis", "csls", "nnn", "dbsn")
 
 
 def _unit(rng: np.random.Generator, n: int) -> np.ndarray:

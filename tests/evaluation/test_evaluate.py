@@ -144,9 +144,10 @@ def test_client_mode_agrees_with_offline(dataset: Path, tmp_path: Path) -> None:
         gallery_bank=dataset / "gallery_bank.npy",
         data_dir=tmp_path,
         log_json=False,
+        invgc=True,  # both views (InvGC is off by default)
     )
     split, banks = _test_split(dataset)
-    methods = ["raw", "dualdis"]
+    methods = ["raw", "dualdis", "dbsn"]
     app = create_app(settings, configure_logs=False)
     with TestClient(app) as http, HublessClient(http_client=http) as client:
         client.wait_ready(timeout=30)

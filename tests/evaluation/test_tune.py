@@ -38,12 +38,14 @@ GRID_OPTIONS = {
     "--rates": "0,0.5,1",
     "--pool-rates": "0.01,0.1",
     "--nnn-alphas": "0,0.5,1",
+    "--taus": "0.005,0.01,0.05",
 }
 SMALL_GRID = Grid(
     betas=(0.01, 1.0, 20.0, 100.0),
     rates=(0.0, 0.5, 1.0),
     pool_rates=(0.01, 0.1),
     nnn_alphas=(0.0, 0.5, 1.0),
+    taus=(0.005, 0.01, 0.05),
 )
 
 
@@ -82,6 +84,7 @@ def test_env_file_is_read_by_settings_and_values_lie_on_the_grid(tuned: tuple[Pa
     assert settings.r_query_bank in SMALL_GRID.rates
     assert settings.pool_rate in SMALL_GRID.pool_rates
     assert settings.nnn_alpha in SMALL_GRID.nnn_alphas
+    assert settings.dbsn_tau in SMALL_GRID.taus
     assert settings.default_method in METHODS
     assert settings.invgc_adjacency == "local"
     # every variable written is a Settings field (a typo would be silently ignored otherwise)
@@ -93,7 +96,7 @@ def test_env_file_is_read_by_settings_and_values_lie_on_the_grid(tuned: tuple[Pa
     assert names <= set(Settings.model_fields)
     assert grid_json["split"] == "val"
     assert grid_json["env"]["HUBLESS_DEFAULT_METHOD"] == settings.default_method
-    expected = {"raw", "is", "dis", "dualis", "dualdis", "nnn", "csls", "invgc"}
+    expected = {"invgc", *METHODS}
     assert expected | {f"invgc+{m}" for m in METHODS if m != "raw"} == set(grid_json["sweeps"])
     dual = grid_json["sweeps"]["dualis"]
     assert dual["params"] == ["beta_query_bank", "beta_gallery_bank"]
@@ -143,7 +146,7 @@ def test_best_points_match_the_algorithm_core(dataset: Path) -> None:
     split, banks = _val_split(dataset)
     result = tune(split, banks, SMALL_GRID, progress=False)
     best = result.best_per_config()
-    for key in ("dis", "dualis", "dualdis", "nnn", "invgc+dualdis"):
+    for key in ("dis", "dualis", "dualdis", "nnn", "invgc+dualdis", "dbsn", "invgc+dbsn"):
         point = best[key]
         gallery = split.gallery
         if point.config.invgc == "local":

@@ -14,6 +14,7 @@ import pytest
 
 from service.algorithms import (
     METHODS,
+    STAT_COLUMNS,
     Banks,
     InvGCParams,
     NormParams,
@@ -87,7 +88,7 @@ def test_chunked_equals_in_memory(files, banks, gallery, invgc) -> None:
         sets.add(chunk)
     coords = np.concatenate(parts)
     expected = view_coordinates(view)
-    assert coords.shape == (N_GALLERY, banks.dim + 4) and coords.dtype == np.float32
+    assert coords.shape == (N_GALLERY, banks.dim + len(STAT_COLUMNS)) and coords.dtype == np.float32
     atol = 1e-5 if invgc is not None and invgc.adjacency == "full" else 1e-6
     np.testing.assert_allclose(coords, expected, atol=atol, rtol=0)
     query_rows, gallery_rows = sets.rows()
@@ -127,7 +128,7 @@ def test_query_coordinates_reproduce_service_scores(banks, gallery, method) -> N
     normaliser = get_normaliser(method)
     activated = None
     if normaliser.dynamic:  # the documented extra step: raw top-1 on the same index
-        top1 = np.argmax(raw_queries @ view_coordinates(view)[:, :-4].T, axis=1)
+        top1 = np.argmax(raw_queries @ view_coordinates(view)[:, : -len(STAT_COLUMNS)].T, axis=1)
         assert np.array_equal(top1, top1_raw(queries, view.embeddings))
         ids = [str(r) for r in range(view.size)]
         query_set = {ids[r] for r in np.flatnonzero(view.activated[:, 0])}
@@ -164,6 +165,7 @@ def env_file(files, tmp_path_factory: pytest.TempPathFactory) -> Path:
                 f"HUBLESS_GALLERY_BANK={files['gallery_bank']}",
                 f"HUBLESS_NNN_TOPK={NORM.nnn_topk}",
                 f"HUBLESS_DIS_TOPK={NORM.dis_topk}",
+                "HUBLESS_INVGC=true",  # off by default; the export's default view follows it
             ]
         )
         + "\n",
@@ -188,7 +190,7 @@ def test_export_command_writes_parquet_and_sidecar(env_file, files, banks, galle
     assert json.loads(table.column("metadata")[5].as_py()) == {"row": 5}
 
     sidecar = json.loads((out / "gallery.json").read_text(encoding="utf-8"))
-    assert sidecar["rows"] == N_GALLERY and sidecar["vector_dim"] == banks.dim + 4
+    assert sidecar["rows"] == N_GALLERY and sidecar["vector_dim"] == banks.dim + len(STAT_COLUMNS)
     assert sidecar["view"] == "invgc" and sidecar["params"]["norm"]["dis_topk"] == 2
     assert set(sidecar["methods"]) == set(METHODS)
     assert sidecar["methods"]["csls"]["similarity_weight"] == 2.0
@@ -221,8 +223,10 @@ def test_export_to_milvus_is_what_the_backend_would_write(
     uri = str(tmp_path / "export.db")
     # a row of an older export, not in this gallery: the export deletes it (regression: the
     # leftover check held every stored id at once; it now pages through them, one page held)
-    ensure_collection(milvus_client(uri), "exp_original", banks.dim + 4)
-    upsert_rows(milvus_client(uri), "exp_original", ["stale"], np.ones((1, banks.dim + 4)))
+    ensure_collection(milvus_client(uri), "exp_original", banks.dim + len(STAT_COLUMNS))
+    upsert_rows(
+        milvus_client(uri), "exp_original", ["stale"], np.ones((1, banks.dim + len(STAT_COLUMNS)))
+    )
     monkeypatch.setattr(milvus_module, "WRITE_BATCH", 64)  # several pages of stored ids
     argv = [
         "--milvus-uri",

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from benchmarks import export_large
+from service.algorithms import STAT_COLUMNS
 
 
 def test_gallery_is_streamed_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -39,7 +40,7 @@ def test_export_large_runs_and_reports(tmp_path: Path) -> None:
     assert run.wall_seconds > 0 and 0 < run.peak_rss_mb <= run.peak_tree_rss_mb
     assert "hubless export --out" in run.command and "HUBLESS_GALLERY=" in run.command
     table = pq.read_table(workdir / "parquet" / "out" / "gallery.parquet")
-    assert table.num_rows == 2500 and len(table.column("vector")[0]) == 32 + 4
+    assert table.num_rows == 2500 and len(table.column("vector")[0]) == 32 + len(STAT_COLUMNS)
     assert not (workdir / "parquet" / "gallery.npy").exists()  # the big file is removed early
     report = json.loads(results.read_text(encoding="utf-8"))
     assert report["runs"][0]["rows"] == 2500 and "| parquet | 2,500 |" in report["table"]

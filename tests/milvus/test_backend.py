@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from algorithms import reference
 
 from service.algorithms import (
     METHODS,
@@ -116,6 +117,22 @@ def test_search_equals_exact_backend(method, invgc, parity, gallery, queries, no
     assert_same_results(
         expected, backend.search(queries, plan, 10), dense_scores(queries, view, plan)
     )
+
+
+@pytest.mark.parametrize("invgc", [False, True], ids=["original", "invgc"])
+def test_dbsn_equals_the_float64_reference(invgc, parity, banks, queries, norm) -> None:
+    """SPEC's DBSN in float64 (tests/algorithms/reference.py) within TOL, through Milvus."""
+    view, backend = parity[invgc]
+    got = backend.search(queries, _plan("dbsn", view, backend, queries, norm), 10)
+    want = reference.dbsn_top(
+        view.embeddings, queries, banks.query_bank, banks.gallery_bank, 10, norm.dbsn_tau
+    )
+    dense = reference.dbsn_top(
+        view.embeddings, queries, banks.query_bank, banks.gallery_bank, view.size, norm.dbsn_tau
+    )
+    scores = np.empty((len(queries), view.size))
+    np.put_along_axis(scores, dense[0], dense[1], axis=1)
+    assert_same_results(want, got, scores)
 
 
 def test_collection_holds_the_augmented_gallery(parity, uri, gallery) -> None:

@@ -196,7 +196,15 @@ def locked(files: dict[str, str], workdir: Path) -> Iterator[Server]:
 
 
 @pytest.mark.parametrize(
-    "path", ["/metrics", "/docs", "/redoc", "/openapi.json", "/gallery", "/diagnostics"]
+    "path",
+    [
+        "/metrics",
+        "/docs",
+        "/docs/assets/swagger-ui.css",
+        "/openapi.json",
+        "/gallery",
+        "/diagnostics",
+    ],
 )
 def test_auth_reads_covers_every_read_route(locked: Server, path: str) -> None:
     with httpx.Client(base_url=locked.url, timeout=60) as client:

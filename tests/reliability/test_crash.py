@@ -177,7 +177,8 @@ def _assert_same_searches(
 
 
 def _start(tmp_path: Path, rows: int) -> tuple[Server, dict[str, str], Gallery]:
-    env = write_gallery(tmp_path / "input", rows=rows, bank_rows=500)
+    # InvGC on (off by default): recovery is compared on both gallery views
+    env = write_gallery(tmp_path / "input", rows=rows, bank_rows=500) | {"HUBLESS_INVGC": "true"}
     ids = Path(env["HUBLESS_GALLERY_IDS"]).read_text().splitlines()
     start = Gallery(dict(zip(ids, normalised(np.load(env["HUBLESS_GALLERY"])), strict=True)))
     server = Server(tmp_path / "data", env)

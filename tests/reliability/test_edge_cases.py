@@ -36,7 +36,11 @@ def serve(tmp_path: Path) -> Serve:
     @contextlib.contextmanager
     def run(**overrides: Any) -> Iterator[TestClient]:
         settings = Settings(
-            **fields, data_dir=tmp_path / "data", nnn_topk=16, csls_topk=5, **overrides
+            **fields | {"invgc": True},  # both views (InvGC is off by default)
+            data_dir=tmp_path / "data",
+            nnn_topk=16,
+            csls_topk=5,
+            **overrides,
         )
         with TestClient(create_app(settings, configure_logs=False)) as client:
             deadline = time.monotonic() + 60
