@@ -17,7 +17,7 @@ Thread settings compared (each a server process of its own):
   BLAS threads that several requests would share.
 
     python -m benchmarks.run --only concurrency           # 50k × 384 from real vectors, ~1 min
-    python -m benchmarks.run --only concurrency --quick   # the 2,000-item demo gallery
+    python -m benchmarks.run --only concurrency --quick   # 300 demo items: a smoke test
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ class Phase:
 
 
 def _gallery(directory: Path, quick: bool) -> dict[str, str]:
-    """The demo gallery (quick) or 50k items made from the real vectors; demo banks."""
-    env = write_gallery(directory, rows=2000, bank_rows=2000)
+    """300 demo items (quick) or 50k items made from the real vectors; demo banks."""
+    env = write_gallery(directory, rows=300 if quick else 2000, bank_rows=2000)
     if not quick:
         pool = np.concatenate(
             [
@@ -162,13 +162,13 @@ def _describe(p: Phase) -> str:
 
 
 def measure(quick: bool) -> list[Row]:
-    seconds, rounds = (1.0, 1) if quick else (4.0, 2)
+    seconds, rounds = (0.5, 1) if quick else (4.0, 2)
     bodies = _bodies(256)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-concurrency-") as tmp:
         workdir = Path(tmp)
         env = _gallery(workdir / "input", quick)
-        size = "demo 2,000" if quick else f"{LARGE // 1000}k × 384 from real vectors"
+        size = "demo 300" if quick else f"{LARGE // 1000}k × 384 from real vectors"
         for name, extra in THREAD_SETTINGS.items():
             with Server(workdir / f"data-{len(rows)}", env | extra) as server:
                 one, many = compare(server, bodies, seconds, rounds)
