@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from service.algorithms import InputError
+from service.api.coalesce import COALESCER
 from service.api.convert import to_embeddings
 from service.api.errors import error_responses
 from service.api.jsonio import OrjsonResponse, OrjsonRoute
@@ -39,7 +40,8 @@ def search(body: SearchRequest, engine: EngineDep, runtime: RuntimeDep) -> Orjso
     invgc = settings.invgc if body.invgc is None else body.invgc
     field = "queries" if body.queries is not None else "query"
     queries = to_embeddings(body.batch(), field=field, dim=engine.dim, limit=settings.max_queries)
-    result = engine.search(
+    result = COALESCER.search(  # concurrent searches share one pass over the gallery
+        engine,
         queries,
         k=k,
         method=method,
