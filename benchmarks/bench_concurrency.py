@@ -27,6 +27,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +35,13 @@ import numpy as np
 import orjson
 
 from benchmarks.bench_ann import jittered
+from benchmarks.bench_http import _in_process as _engine
 from benchmarks.common import Row
 from benchmarks.load_test import LOOPBACK, Server, demo_queries, write_gallery
+from benchmarks.run import blas_threads
+from service.algorithms import check_embeddings
+from service.api.coalesce import COALESCER
+from service.engine import Engine
 from service.settings import DEMO_DIR
 
 SECTION = "concurrency"
@@ -94,32 +100,51 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _client(port: int, bodies: list[bytes], offset: int, stop: threading.Event, out: list[int]):
-    connection = http.client.HTTPConnection(LOOPBACK, port, timeout=60)
-    headers = {"Content-Type": "application/json"}
-    done = 0
-    try:
+Worker = Callable[[int, threading.Event, list[int]], None]
+
+
+def http_worker(port: int, bodies: list[bytes]) -> Worker:
+    """A client: one keep-alive connection, one-query searches back to back until ``stop``."""
+
+    def run(index: int, stop: threading.Event, out: list[int]) -> None:
+        connection = http.client.HTTPConnection(LOOPBACK, port, timeout=60)
+        headers = {"Content-Type": "application/json"}
+        done = 0
+        try:
+            while not stop.is_set():
+                body = bodies[(index * 97 + done) % len(bodies)]
+                connection.request("POST", "/search", body, headers)
+                response = connection.getresponse()
+                response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"search answered {response.status}")
+                done += 1
+        finally:
+            connection.close()
+            out.append(done)
+
+    return run
+
+
+def engine_worker(search: Callable[[np.ndarray], object], queries: np.ndarray) -> Worker:
+    """In-process: ``search`` of one query at a time until ``stop``."""
+
+    def run(index: int, stop: threading.Event, out: list[int]) -> None:
+        done = 0
         while not stop.is_set():
-            connection.request("POST", "/search", bodies[(offset + done) % len(bodies)], headers)
-            response = connection.getresponse()
-            response.read()
-            if response.status != 200:
-                raise RuntimeError(f"search answered {response.status}")
+            row = (index * 97 + done) % len(queries)
+            search(queries[row : row + 1])
             done += 1
-    finally:
-        connection.close()
         out.append(done)
 
+    return run
 
-def phase(server: Server, bodies: list[bytes], clients: int, seconds: float) -> Phase:
-    """``clients`` threads searching back to back for ``seconds``; queries/s and CPU use."""
-    assert server.process is not None
-    pid = server.process.pid
+
+def phase(worker: Worker, clients: int, seconds: float, pid: int) -> Phase:
+    """``clients`` threads running ``worker`` for ``seconds``; queries/s and the CPU use of
+    process ``pid`` (the server) and of this process (the clients)."""
     stop, counts = threading.Event(), []
-    threads = [
-        threading.Thread(target=_client, args=(server.port, bodies, i * 97, stop, counts))
-        for i in range(clients)
-    ]
+    threads = [threading.Thread(target=worker, args=(i, stop, counts)) for i in range(clients)]
     server_cpu, client_cpu = _cpu_seconds(pid), time.process_time()
     started = time.perf_counter()
     for thread in threads:
@@ -140,25 +165,54 @@ def phase(server: Server, bodies: list[bytes], clients: int, seconds: float) -> 
     )
 
 
-def compare(
-    server: Server, bodies: list[bytes], seconds: float, rounds: int
-) -> tuple[Phase, Phase]:
+def compare(worker: Worker, seconds: float, rounds: int, pid: int) -> tuple[Phase, Phase]:
     """The best 1-client and 8-client phases of ``rounds`` alternating rounds."""
-    phase(server, bodies, CLIENTS, min(seconds, 1.0))  # warm-up: threads, pools, caches
+    phase(worker, CLIENTS, min(seconds, 1.0), pid)  # warm-up: threads, pools, caches
     best: dict[int, Phase] = {}
     for _ in range(rounds):
         for clients in (1, CLIENTS):
-            got = phase(server, bodies, clients, seconds)
+            got = phase(worker, clients, seconds, pid)
             if clients not in best or got.rate > best[clients].rate:
                 best[clients] = got
     return best[1], best[CLIENTS]
 
 
-def _describe(p: Phase) -> str:
+def _describe(p: Phase, where: str = "server") -> str:
     return (
         f"{p.clients} client{'s' if p.clients > 1 else ''}: {p.rate:,.0f} q/s "
-        f"(server {p.server_cores:.2f} cores, client {p.client_cores:.2f})"
+        f"({where} {p.server_cores:.2f} cores, client {p.client_cores:.2f})"
     )
+
+
+def _row(name: str, one: Phase, many: Phase, detail: str, goal: float | None) -> Row:
+    return Row(
+        SECTION,
+        f"{CLIENTS} clients / 1 client queries/s, batch 1, {name}",
+        many.rate / one.rate,
+        "×",
+        goal,
+        higher_is_better=True,
+        detail=detail,
+    )
+
+
+def in_process(engine: Engine, seconds: float, rounds: int, size: str) -> list[Row]:
+    """The same ratio without HTTP, threads calling ``Engine.search`` directly and through the
+    coalescer of ``service/api/coalesce.py``: what sharing one gallery pass is worth."""
+    queries = check_embeddings(demo_queries(256), field="queries")
+    searches = {
+        "in-process Engine.search": lambda q: engine.search(q, k=10, method=METHOD, invgc=True),
+        "in-process, coalesced": lambda q: COALESCER.search(
+            engine, q, k=10, method=METHOD, invgc=True
+        ),
+    }
+    rows = []
+    for name, search in searches.items():
+        one, many = compare(engine_worker(search, queries), seconds, rounds, os.getpid())
+        where = f"{METHOD}, {size}, this process's threads ({blas_threads()})"
+        detail = f"{_describe(one, 'process')}; {_describe(many, 'process')}; {where}"
+        rows.append(_row(name, one, many, detail, None))
+    return rows
 
 
 def measure(quick: bool) -> list[Row]:
@@ -169,18 +223,12 @@ def measure(quick: bool) -> list[Row]:
         workdir = Path(tmp)
         env = _gallery(workdir / "input", quick)
         size = "demo 300" if quick else f"{LARGE // 1000}k × 384 from real vectors"
-        for name, extra in THREAD_SETTINGS.items():
-            with Server(workdir / f"data-{len(rows)}", env | extra) as server:
-                one, many = compare(server, bodies, seconds, rounds)
-            rows.append(
-                Row(
-                    SECTION,
-                    f"{CLIENTS} clients / 1 client queries/s, batch 1, {name}",
-                    many.rate / one.rate,
-                    "×",
-                    GOAL,
-                    higher_is_better=True,
-                    detail=f"{_describe(one)}; {_describe(many)}; {METHOD}, {size}",
-                )
-            )
+        for index, (name, extra) in enumerate(THREAD_SETTINGS.items()):
+            with Server(workdir / f"data-{index}", env | extra) as server:
+                assert server.process is not None
+                worker = http_worker(server.port, bodies)
+                one, many = compare(worker, seconds, rounds, server.process.pid)
+            detail = f"{_describe(one)}; {_describe(many)}; {METHOD}, {size}"
+            rows.append(_row(name, one, many, detail, GOAL))
+        rows += in_process(_engine(env, workdir / "data-0"), seconds, rounds, size)
     return rows

@@ -2,11 +2,13 @@
 
 A one-query search is a matrix–vector product: it streams the whole gallery from memory for a
 single query, so eight concurrent one-query requests stream it eight times and, on two cores,
-mostly wait for each other. Here requests that arrive while a search with the same engine,
-method and view is running queue up; when it ends, the first of them searches for every queued
-query in one batch (one matrix product, one pass over the gallery; at most
-:data:`MAX_BATCH_QUERIES` queries) and hands each request its rows. A request that finds nothing
-running searches at once, alone, exactly as without this module: no added latency, and a batch
+mostly wait for each other (and, with BLAS on every core, several products at once make its
+threads fight: eight clients got half the queries/s of one). Here a few searches run at a time
+for the same engine, method and view (:func:`search_slots`: one per core that BLAS leaves free);
+requests that arrive while they run queue up, and when one ends, the first queued request
+searches for every queued query in one batch (one matrix product, one pass over the gallery; at
+most :data:`MAX_BATCH_QUERIES` queries) and hands each request its rows. A request that finds a
+slot free searches at once, alone, exactly as without this module: no added latency, and a batch
 never waits for requests that have not arrived.
 
 A batch searches ``max(k + offset)`` of its requests with offset 0 and no threshold, and each
@@ -19,6 +21,7 @@ an error is always the request's own.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 
@@ -43,14 +46,31 @@ class _Request:
     error: BaseException | None = None
 
 
+def search_slots() -> int:
+    """Searches of one key that may run at once: the cores divided by BLAS's threads per
+    product (``OPENBLAS_NUM_THREADS``, else ``OMP_NUM_THREADS``, else every core). By default
+    BLAS spreads one product over every core, so one search runs and the rest are batched;
+    with ``OPENBLAS_NUM_THREADS=1`` each core runs a search of its own."""
+    cores = os.cpu_count() or 1
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return max(1, cores // int(value))
+    return 1
+
+
 class SearchCoalescer:
     """``search`` as :meth:`Engine.search`, sharing one engine search among concurrent calls."""
 
-    def __init__(self, max_batch_queries: int = MAX_BATCH_QUERIES) -> None:
+    def __init__(
+        self, max_batch_queries: int = MAX_BATCH_QUERIES, max_running: int | None = None
+    ) -> None:
         self.max_batch_queries = max_batch_queries
+        self.max_running = max_running or search_slots()
         self._lock = threading.Lock()
-        #: key -> requests waiting for the running search of that key to end; a key is present
-        #: exactly while a search of it runs
+        #: key -> searches of that key running; a key is present exactly while one runs
+        self._running: dict[tuple[int, str, bool], int] = {}
+        #: key -> requests waiting for a running search of that key to end
         self._waiting: dict[tuple[int, str, bool], list[_Request]] = {}
 
     def search(
@@ -67,12 +87,12 @@ class SearchCoalescer:
         request = _Request(queries, k, offset, score_threshold)
         key = (id(engine), method, invgc)
         with self._lock:
-            waiting = self._waiting.get(key)
-            if waiting is None:
-                self._waiting[key] = []
+            running = self._running.get(key, 0)
+            if running < self.max_running:
+                self._running[key] = running + 1
                 request.batch = [request]
             else:
-                waiting.append(request)
+                self._waiting.setdefault(key, []).append(request)
         if request.batch is None:
             request.done.wait()
         if request.batch is not None:  # this thread searches for the batch
@@ -86,17 +106,21 @@ class SearchCoalescer:
         return request.result
 
     def _hand_over(self, key: tuple[int, str, bool]) -> None:
-        """Make the first waiting request run the next batch, or mark the key idle."""
+        """Make the first waiting request run the next batch, or free the slot."""
         with self._lock:
-            waiting = self._waiting[key]
+            waiting = self._waiting.get(key)
             if not waiting:
-                del self._waiting[key]
+                self._running[key] -= 1
+                if not self._running[key]:
+                    del self._running[key]
                 return
             batch = [waiting.pop(0)]
             total = len(batch[0].queries)
             while waiting and total + len(waiting[0].queries) <= self.max_batch_queries:
                 total += len(waiting[0].queries)
                 batch.append(waiting.pop(0))
+            if not waiting:
+                del self._waiting[key]
         batch[0].batch = batch
         batch[0].done.set()
 

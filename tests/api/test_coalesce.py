@@ -11,7 +11,7 @@ import pytest
 from engine import demo_queries, write_demo_slices
 
 from service.algorithms import InputError, check_embeddings
-from service.api.coalesce import SearchCoalescer
+from service.api.coalesce import SearchCoalescer, search_slots
 from service.engine import SearchResult
 from service.engine.startup import load_engine
 
@@ -100,7 +100,7 @@ def test_queued_requests_share_one_search_and_keep_their_own_slices() -> None:
         {"q": [7.0], "k": 10, "score_threshold": -2.5},
         {"q": [29.0], "k": 1, "offset": 0, "score_threshold": 1.0},  # nothing passes
     ]
-    results = _run_concurrently(SearchCoalescer(), engine, requests)
+    results = _run_concurrently(SearchCoalescer(max_running=1), engine, requests)
     assert engine.calls == [1, 5]  # the first alone, then every queued query in one search
     for request, got in zip(requests, results, strict=True):
         want = _alone(request)
@@ -121,7 +121,7 @@ def test_a_failed_shared_search_gives_each_request_its_own_answer() -> None:
         {"q": [-1.0], "k": 2},
         {"q": [4.0], "k": 2},
     ]
-    results = _run_concurrently(SearchCoalescer(), engine, requests)
+    results = _run_concurrently(SearchCoalescer(max_running=1), engine, requests)
     assert engine.calls[:2] == [1, 3] and len(engine.calls) == 5  # shared failed, then alone
     assert isinstance(results[2], InputError)
     for i in (0, 1, 3):
@@ -131,14 +131,30 @@ def test_a_failed_shared_search_gives_each_request_its_own_answer() -> None:
 def test_a_batch_stops_growing_at_its_query_limit() -> None:
     engine = FakeEngine()
     requests = [{"q": [1.0], "k": 1}] + [{"q": [float(i)] * 2, "k": 1} for i in range(5)]
-    results = _run_concurrently(SearchCoalescer(max_batch_queries=4), engine, requests)
+    coalescer = SearchCoalescer(4, max_running=1)
+    results = _run_concurrently(coalescer, engine, requests)
     assert engine.calls == [1, 4, 4, 2]
     assert all(isinstance(r, SearchResult) for r in results)
-    assert not SearchCoalescer()._waiting  # idle keys are removed
+    assert not coalescer._waiting and not coalescer._running  # idle keys are removed
 
 
-@pytest.mark.parametrize("method", ["raw", "dualdis"])
-def test_real_engine_concurrent_searches_equal_lone_ones(tmp_path: Path, method: str) -> None:
+def test_one_search_slot_per_core_that_blas_leaves_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    assert search_slots() == 1  # BLAS spreads each product over every core
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert search_slots() == 2
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    assert search_slots() == 8
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "junk")
+    assert search_slots() == 2
+
+
+@pytest.mark.parametrize(("method", "slots"), [("raw", 1), ("dualdis", 2)])
+def test_real_engine_concurrent_searches_equal_lone_ones(
+    tmp_path: Path, method: str, slots: int
+) -> None:
     """8 threads × 4 one-query searches through one coalescer: same ids as the engine's own
     search of each query; scores within float32 rounding of products of other batch shapes
     (d · eps per unit-norm product, times the scores' scale)."""
@@ -146,7 +162,7 @@ def test_real_engine_concurrent_searches_equal_lone_ones(tmp_path: Path, method:
     engine = load_engine(files.settings(tmp_path / "var", cache=False))
     queries = check_embeddings(demo_queries(32)[0], field="queries")
     want = [engine.search(q[None], k=10, method=method, invgc=True) for q in queries]
-    coalescer, got = SearchCoalescer(), [None] * len(queries)
+    coalescer, got = SearchCoalescer(max_running=slots), [None] * len(queries)
 
     def worker(start: int) -> None:
         for i in range(start, len(queries), 8):
@@ -157,6 +173,7 @@ def test_real_engine_concurrent_searches_equal_lone_ones(tmp_path: Path, method:
         thread.start()
     for thread in threads:
         thread.join(60)
+    assert not coalescer._waiting and not coalescer._running
     for g, w in zip(got, want, strict=True):
         assert g is not None and g.ids == w.ids
         scale = 1 + float(np.abs(w.scores[0]).max())
