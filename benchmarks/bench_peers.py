@@ -196,7 +196,7 @@ def one_thread_each() -> Iterator[None]:
     try:
         yield
     finally:
-        for undo in restore:
+        for undo in reversed(restore):
             undo()
 
 

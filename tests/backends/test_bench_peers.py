@@ -62,10 +62,11 @@ def _openblas_threads() -> list[int]:
 
 
 def test_one_thread_each_restores_the_thread_counts() -> None:
-    before = _openblas_threads()
+    faiss = pytest.importorskip("faiss")
+    before = _openblas_threads(), faiss.omp_get_max_threads()
     with bench_peers.one_thread_each():
-        assert set(_openblas_threads()) <= {1}
-    assert _openblas_threads() == before
+        assert set(_openblas_threads()) <= {1} and faiss.omp_get_max_threads() == 1
+    assert (_openblas_threads(), faiss.omp_get_max_threads()) == before
 
 
 def test_concurrency_quick_run_serves_both_thread_settings() -> None:
