@@ -38,7 +38,6 @@ from benchmarks.bench_ann import jittered
 from benchmarks.bench_http import _in_process as _engine
 from benchmarks.common import Row
 from benchmarks.load_test import LOOPBACK, Server, demo_queries, write_gallery
-from benchmarks.run import blas_threads
 from service.algorithms import check_embeddings
 from service.api.coalesce import COALESCER
 from service.engine import Engine
@@ -178,9 +177,10 @@ def compare(worker: Worker, seconds: float, rounds: int, pid: int) -> tuple[Phas
 
 
 def _describe(p: Phase, where: str = "server") -> str:
+    client = f", client {p.client_cores:.2f}" if where == "server" else ""
     return (
         f"{p.clients} client{'s' if p.clients > 1 else ''}: {p.rate:,.0f} q/s "
-        f"({where} {p.server_cores:.2f} cores, client {p.client_cores:.2f})"
+        f"({where} {p.server_cores:.2f} cores{client})"
     )
 
 
@@ -209,7 +209,7 @@ def in_process(engine: Engine, seconds: float, rounds: int, size: str) -> list[R
     rows = []
     for name, search in searches.items():
         one, many = compare(engine_worker(search, queries), seconds, rounds, os.getpid())
-        where = f"{METHOD}, {size}, this process's threads ({blas_threads()})"
+        where = f"{METHOD}, {size}, threads as the Threads line says"
         detail = f"{_describe(one, 'process')}; {_describe(many, 'process')}; {where}"
         rows.append(_row(name, one, many, detail, None))
     return rows
