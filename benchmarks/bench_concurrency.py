@@ -16,7 +16,11 @@ Thread settings compared (each a server process of its own):
   concurrency comes from the request threads (uvicorn's thread pool, 40 by default), not from
   BLAS threads that several requests would share.
 
-    python -m benchmarks.run --only concurrency           # 50k × 384 from real vectors, ~1 min
+Both serve through ``service/api/coalesce.py`` (concurrent searches share one pass over the
+gallery). Two more rows take HTTP away: threads of this process calling ``Engine.search``
+directly and through the coalescer, on the engine the server loaded (its precompute cache).
+
+    python -m benchmarks.run --only concurrency           # 50k × 384 from real vectors, ~2 min
     python -m benchmarks.run --only concurrency --quick   # 300 demo items: a smoke test
 """
 
