@@ -285,27 +285,9 @@ def nnn_rows(data: Matrices, quick: bool) -> list[Row]:
         alternate_weight=NORM.nnn_alpha,
     )
     setup = time.perf_counter() - started
-    exact = ExactBackend(data.view, tuple(map(str, range(data.view.size))))
-    ours_rows, ours_scores = method_search(exact, data.queries, "nnn", NORM, K)
-    theirs_scores, theirs_rows = ranker.search(data.queries, K)
-    share, detail = agreement(ours_rows, np.asarray(theirs_rows), _nnn64(data), data.tie)
-    same = (ours_rows == theirs_rows).all(axis=1)
-    diff = np.abs(ours_scores[same] - theirs_scores[same]).max(initial=0.0)
-    detail += f"; scores of identical lists within {diff:.1e}"
     note = f"; torch {torch.__version__}; its setup (NNN means only) {setup:.2f} s"
-    return [
-        _identical_row("nnn-retrieval", "nnn", data, share, detail),
-        *_ratio_rows(
-            "nnn-retrieval",
-            "nnn",
-            data,
-            lambda q: method_search(exact, q, "nnn", NORM, K),
-            lambda q: ranker.search(q, K),
-            quick,
-            goal=1.0,
-            note=note,
-        ),
-    ]
+    search = lambda q: ranker.search(q, K)  # noqa: E731
+    return against_exact("nnn-retrieval", "nnn", data, search, _nnn64(data), quick, 1.0, note)
 
 
 def faiss_rows(data: Matrices, quick: bool) -> list[Row]:
@@ -314,24 +296,42 @@ def faiss_rows(data: Matrices, quick: bool) -> list[Row]:
 
     index = faiss.IndexFlatIP(data.gallery.shape[1])
     index.add(data.gallery)
-    exact = ExactBackend(data.view, tuple(map(str, range(data.view.size))))
-    ours_rows, _ = method_search(exact, data.queries, "raw", NORM, K)
-    _, theirs_rows = index.search(data.queries, K)
-    share, detail = agreement(ours_rows, theirs_rows, _raw64(data), data.tie)
     # service.backends.faiss (imported here through bench_ann) sets 20, FAISS's long-standing
     # default; faiss-cpu 1.15 ships 128000 (every batch on its per-query scan)
     threshold = faiss.cvar.distance_compute_blas_threshold
     note = f"; faiss {faiss.__version__}, BLAS from {threshold} queries"
+    search = lambda q: index.search(q, K)  # noqa: E731
+    return against_exact("FAISS IndexFlatIP", "raw", data, search, _raw64(data), quick, 1.25, note)
+
+
+def against_exact(
+    peer: str,
+    method: str,
+    data: Matrices,
+    theirs: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    exact64: Callable[[int, np.ndarray], np.ndarray],
+    quick: bool,
+    goal: float,
+    note: str,
+) -> list[Row]:
+    """Our exact backend's ``method`` against a peer's ``theirs(queries) -> (scores, rows)``:
+    the agreement row (with how close the scores of identical lists are) and the time ratios."""
+    exact = ExactBackend(data.view, tuple(map(str, range(data.view.size))))
+    ours_rows, ours_scores = method_search(exact, data.queries, method, NORM, K)
+    theirs_scores, theirs_rows = (np.asarray(a) for a in theirs(data.queries))
+    share, detail = agreement(ours_rows, theirs_rows, exact64, data.tie)
+    same = (ours_rows == theirs_rows).all(axis=1)
+    diff = np.abs(ours_scores[same] - theirs_scores[same]).max(initial=0.0)
     return [
-        _identical_row("FAISS IndexFlatIP", "raw", data, share, detail),
+        _identical_row(peer, method, data, share, f"{detail}; their scores within {diff:.1e}"),
         *_ratio_rows(
-            "FAISS IndexFlatIP",
-            "raw",
+            peer,
+            method,
             data,
-            lambda q: method_search(exact, q, "raw", NORM, K),
-            lambda q: index.search(q, K),
+            lambda q: method_search(exact, q, method, NORM, K),
+            theirs,
             quick,
-            goal=1.25,
+            goal=goal,
             note=note,
         ),
     ]
