@@ -8,6 +8,7 @@ import numpy as np
 from fastapi import APIRouter, Depends
 
 from service.algorithms import InputError
+from service.api.coalesce import COALESCER
 from service.api.convert import text_embeddings, to_embeddings
 from service.api.errors import error_responses
 from service.api.jsonio import OrjsonResponse, OrjsonRoute
@@ -51,18 +52,20 @@ def _search(body: SearchRequest, k: int, engine: Engine, runtime: Runtime) -> Or
     invgc = settings.invgc if body.invgc is None else body.invgc
     queries = query_embeddings(body, engine, runtime)
     spec = body.filter.model_dump(exclude_none=True) if body.filter is not None else None
-    result = engine.search(
-        queries,
-        k=k,
-        method=method,
-        invgc=invgc,
-        offset=body.offset,
-        score_threshold=body.score_threshold,
-        where=compile_filter(spec) if spec is not None else None,
-        where_key=json.dumps(spec, sort_keys=True) if spec is not None else None,
-        with_metadata=body.with_metadata,
-        query_ids=body.query_ids,
-    )
+    common = {"k": k, "method": method, "invgc": invgc, "offset": body.offset}
+    common["score_threshold"] = body.score_threshold
+    if queries is not None and spec is None and not body.with_metadata:
+        # plain vector searches: concurrent ones share one pass over the gallery
+        result = COALESCER.search(engine, queries, **common)
+    else:
+        result = engine.search(
+            queries,
+            **common,
+            where=compile_filter(spec) if spec is not None else None,
+            where_key=json.dumps(spec, sort_keys=True) if spec is not None else None,
+            with_metadata=body.with_metadata,
+            query_ids=body.query_ids,
+        )
     runtime.metrics.search_queries.labels(method, str(invgc).lower()).inc(len(result.ids))
     if engine.live_bank is not None and queries is not None:
         # served queries join the live query bank (O(m·d) copy); searches by stored gallery
