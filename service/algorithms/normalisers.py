@@ -169,7 +169,10 @@ class DBSN(Normaliser):
         return _weights(dbsn=-1.0)
 
     def constant(self, params: NormParams, bank_sizes: tuple[int, int]) -> float:
-        # τ·log u(g) = τ·log a + 1 − dbsn(g), a = 1/|BG| (the cost 1 − s contributes the 1)
+        # τ·log u(g) = τ·log a + 1 − dbsn(g), a = 1/|BG| (the cost 1 − s contributes the 1);
+        # an empty (live) query bank has no Sinkhorn term at all: raw scores
+        if not bank_sizes[0]:
+            return 0.0
         return 1.0 - params.dbsn_tau * math.log(bank_sizes[1])
 
 

@@ -152,7 +152,7 @@ def scan_bank(
     n, N = items.shape[0], bank.shape[0]
     dtype = items.dtype
     if N == 0:
-        return _empty_bank_scan(items, beta, mean_topk, neighbour_k, bank_topk)
+        return _empty_bank_scan(items, beta, mean_topk, neighbour_k, bank_topk, dbsn is not None)
     rows = rows or block_rows(N, dtype.itemsize)
     chunk = block_rows(N, dtype.itemsize, CHUNK_BYTES)
     per_row = _RowReductions(beta, tuple(mean_topk), neighbour_k, N, dbsn)
@@ -200,6 +200,7 @@ def _empty_bank_scan(
     mean_topk: tuple[int, ...],
     neighbour_k: int | None,
     bank_topk: int | None,
+    dbsn: bool,
 ) -> BankScan:
     """The scan against an empty bank (a live query bank with no rows yet): it has no
     statistics, so every reduction is the neutral one (0: no bias, no push) and no bank item
@@ -208,6 +209,8 @@ def _empty_bank_scan(
     out = BankScan(topk_means={k: np.zeros(n, dtype) for k in mean_topk})
     if beta is not None:
         out.log_mean_exp = np.zeros(n, dtype)
+    if dbsn:
+        out.dbsn = np.zeros(n, dtype)
     if neighbour_k is not None:
         out.neighbour_sum = np.zeros_like(items)
     if bank_topk is not None:

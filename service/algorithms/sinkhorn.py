@@ -77,6 +77,8 @@ def sinkhorn_log_v(
     check_positive("dbsn_tau", tau)
     check_count("dbsn_iterations", iterations)
     r, c = gallery_bank.shape[0], query_bank.shape[0]
+    if c == 0:  # an empty (live) query bank: nothing to transport to, the term is absent
+        return np.empty(0)
     log_a, log_b = -math.log(r), -math.log(c)
     rows = rows or block_rows(c, 8, _WORK_BYTES)
     blocks = list(row_blocks(r, rows))
@@ -126,6 +128,9 @@ class DbsnWeights:
 
 def dbsn_row_stat(sims: np.ndarray, log_v: np.ndarray, tau: float) -> np.ndarray:
     """(B,) ``τ · logsumexp_b(log v_b + s(g, b)/τ)`` of a block of similarities (B, C), summed
-    in float64. The item's score is ``s(q, g) − stat + 1 − τ log R`` = ``s + τ log u(g)``."""
+    in float64. The item's score is ``s(q, g) − stat + 1 − τ log R`` = ``s + τ log u(g)``.
+    An empty query bank (no columns) has no term: 0."""
+    if log_v.size == 0:
+        return np.zeros(sims.shape[0])
     x = sims.astype(np.float64) * (1.0 / tau) + log_v
     return tau * row_logsumexp(x)
