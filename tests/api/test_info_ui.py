@@ -21,13 +21,14 @@ KEY = "k3y-for-reads"
 def test_info_describes_the_service(client: TestClient, demo: DemoFiles) -> None:
     info = client.get("/info").json()
     ready = client.get("/readyz").json()
+    settings = client.app.state.runtime.settings
     assert info == {
         "name": "hubless",
         "version": __version__,
         "dim": 384,
         "methods": list(METHODS),
-        "default_method": "dualis",
-        "invgc": True,
+        "default_method": settings.default_method,
+        "invgc": settings.invgc,
         "gallery_size": ready["gallery_size"],
         "gallery_version": ready["version"],
         "encoder": None,

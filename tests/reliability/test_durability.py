@@ -253,6 +253,8 @@ def test_disk_full_refuses_the_change_and_loses_nothing(store_dir: Path) -> None
 
 def _settings(files: dict[str, str], data_dir: Path, **overrides: Any) -> Settings:
     fields = {name.removeprefix("HUBLESS_").lower(): value for name, value in files.items()}
+    # InvGC on (off by default): the precompute cache then holds both views, all checked here
+    overrides = {"invgc": True, **overrides}
     return Settings(**fields, data_dir=data_dir, nnn_topk=16, **overrides)
 
 

@@ -46,8 +46,9 @@ HUB_ID = "injected-hub"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``hubless serve`` on the demo, every read behind the key."""
-    # hub_policy: upsert screening must let the test's planted hub in (and warn)
-    settings = {"api_key": KEY, "auth_reads": "true", "hub_policy": "warn"}
+    # hub_policy: upsert screening must let the test's planted hub in (and warn); InvGC on (off
+    # by default) so the page has both galleries to switch between
+    settings = {"api_key": KEY, "auth_reads": "true", "hub_policy": "warn", "invgc": "true"}
     command = [sys.executable, "-m", "service.cli", "serve"]
     with running_server(command, tmp_path_factory.mktemp("ui-server"), **settings) as url:
         yield url
