@@ -46,7 +46,7 @@ class Settings(BaseSettings):
         Path("var"), description="Where the precompute cache and the gallery change log live"
     )
     cache: bool = Field(True, description="Cache the precomputed state on disk (keyed by a hash)")
-    # --- firstrun: gallery metadata and text queries ---
+    # --- gallery metadata and text queries --------------------------------------------------
     gallery_metadata: Path | None = Field(
         None,
         description='Gallery metadata, JSON lines `{"id": ..., ...}` (every id known, each once; '
@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     )
 
     # --- methods ----------------------------------------------------------------------------
-    # dbsn helper: defaults chosen by untuned float64 measurement on two real sets (README,
+    # defaults chosen by untuned float64 measurement on two real sets (README,
     # "Untuned defaults vs raw"): DBSN beat raw R@1 by ≥ 3 points on both; InvGC did not help
     # on both, so it is off
     default_method: Method = Field("dbsn", description="Method used when a search names none")
@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     r_gallery_bank: float = Field(0.2, ge=0, description="InvGC rate against the gallery bank")
     r_query_bank: float = Field(0.2, ge=0, description="InvGC rate against the query bank")
     pool_rate: float = Field(0.01, gt=0, le=1, description="LocalAdj: share of a bank kept")
-    # --- dbsn helper: DBSN parameters (bounds checked by NormParams) -------------------------
+    # --- DBSN parameters (bounds checked by NormParams) -------------------------------------
     dbsn_tau: float = Field(_NORM.dbsn_tau, description="DBSN: Sinkhorn temperature τ (> 0)")
     dbsn_iterations: int = Field(
         _NORM.dbsn_iterations,
@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     degeneration_sample: int = Field(
         10_000, ge=1, description="Most gallery items Δdeg averages over"
     )
-    # --- hubs (issue 12 part 3: adversarial-hub screening and reporting) --------------------
+    # --- hubs: upsert screening and reporting -----------------------------------------------
     diagnostics_top_hubs: int = Field(
         10, ge=1, description="Items of largest k-occurrence /diagnostics lists per method"
     )
@@ -157,7 +157,7 @@ class Settings(BaseSettings):
         "(422, nothing changed)",
     )
 
-    # --- durability and abuse limits (issue 14) ---------------------------------------------
+    # --- durability and abuse limits --------------------------------------------------------
     max_metadata_depth: int = Field(
         32, ge=1, description="Deepest nesting of an item's metadata (objects and lists)"
     )
@@ -180,7 +180,7 @@ class Settings(BaseSettings):
         256 * 1024 * 1024, ge=1, description="… or once the logged changes take this many bytes"
     )
 
-    # --- live query bank (livebank helper) ---------------------------------------------------
+    # --- live query bank --------------------------------------------------------------------
     live_query_bank: bool = Field(
         False,
         description="Served /search queries join the query bank (user data, kept under data_dir)",

@@ -189,20 +189,10 @@ def test_demo_items_are_not_flagged(tmp_path: Path) -> None:
     assert result.warnings == ()
 
 
-def test_the_default_method_keeps_the_injected_hub_out(
-    tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
+def test_the_default_method_keeps_the_injected_hub_out(tmp_path: Path) -> None:
     """On the demo, the injected hub is flagged at upsert, and the default method (with the
     default InvGC setting) keeps it out of ≥ 99% of the 2,000 test queries' top-10s."""
     defaults = Settings()
-    if defaults.default_method == "dualis":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="DualIS lets the injected hub into 89% of the demo top-10s; the default "
-                "becomes DBSN (issue 12 part 1)",
-            )
-        )
     data = load_dataset(DEMO_DIR)
     queries = data.queries / np.linalg.norm(data.queries, axis=1, keepdims=True)
     attack = run_attack(load_engine(settings_for(DEMO_DIR, tmp_path)), queries, data.query_truth)
