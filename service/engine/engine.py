@@ -96,6 +96,16 @@ class ChangeResult:
     warnings: tuple[HubWarning, ...] = ()
 
 
+@dataclass(eq=False)
+class _Pending:
+    """One caller's change waiting in the group-commit queue, and its outcome once ``done``."""
+
+    change: Change
+    done: bool = False
+    result: ChangeResult | None = None
+    error: BaseException | None = None
+
+
 def _whole_state(
     version: int,
     catalog: Catalog,
@@ -139,6 +149,8 @@ class Engine:
         self._store: GalleryStore | None = None
         self._on_compact: Callable[[GalleryState], None] | None = None
         self._write_lock = threading.Lock()
+        self._queue: list[_Pending] = []  # changes waiting for the next group commit
+        self._queue_lock = threading.Lock()
         self._compacting = threading.Lock()  # held by the one background compaction
         self._masks: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
         self._masks_lock = threading.Lock()
@@ -342,34 +354,96 @@ class Engine:
         ``record=False`` replays a change that is already in the log (not screened again).
         Order: validate, build the next state off to the side, screen it for hubs (a refusal
         leaves everything as it was), log it, swap it in.
-        """
-        with self._write_lock:
-            started = time.perf_counter()
-            current = self._state
-            state, result = self._next_state(current, change)
-            if record and isinstance(change, Upsert):
-                result = self._screen(state, change, result)
-            if record and self._store is not None:
-                self._store.append(change)
-            self._state = state
-            if record and self._store is not None and self._store.due_for_compaction:
-                self._compact_in_background()
-            log.info(
-                "gallery changed",
-                extra={
-                    "version": state.version,
-                    "size": state.size,
-                    "inserted": result.inserted,
-                    "updated": result.updated,
-                    "deleted": result.deleted,
-                    "seconds": round(time.perf_counter() - started, 4),
-                },
-            )
-            return result
 
-    def _next_state(self, state: GalleryState, change: Change) -> tuple[GalleryState, ChangeResult]:
+        Group commit: changes that arrive while another group is being committed queue up; the
+        first of them to get the write lock applies the whole queue in arrival order (each
+        change validated and screened on its own: one that fails fails alone), commits the
+        accepted ones in one store transaction and swaps one state. Every caller returns only
+        once its own change is durable (or raises its own error; if the commit fails, every
+        caller of the group gets that error and nothing changed).
+        """
+        if not record:
+            with self._write_lock:
+                state, result = self._next_state(self._state, change)
+                self._state = state
+                return result
+        pending = _Pending(change)
+        with self._queue_lock:
+            self._queue.append(pending)
+        with self._write_lock:
+            if not pending.done:  # nobody took it yet: this caller commits the queue
+                with self._queue_lock:
+                    group, self._queue = self._queue, []
+                self._commit_group(group)
+        if pending.error is not None:
+            raise pending.error
+        if pending.result is None:  # the committing thread was interrupted before deciding
+            raise RuntimeError("the change was not applied")
+        return pending.result
+
+    def _commit_group(self, group: list[_Pending]) -> None:
+        """Apply, log (one transaction) and swap ``group``; fill in each one's outcome.
+        Runs under the write lock. The states between the changes of a group are never
+        searched, so only the last one gets search back ends (derived from the served one)."""
+        started = time.perf_counter()
+        current = state = self._state
+        accepted: list[_Pending] = []
+        try:
+            for pending in group:
+                try:
+                    next_state, result = self._next_state(
+                        state, pending.change, with_backends=False
+                    )
+                    if isinstance(pending.change, Upsert):
+                        result = self._screen(next_state, pending.change, result)
+                except Exception as exc:  # this change alone is refused
+                    pending.error = exc
+                    continue
+                state, pending.result = next_state, result
+                accepted.append(pending)
+            if not accepted:
+                return
+            state = GalleryState.create(
+                state.version,
+                state.catalog,
+                state.original,
+                state.adjusted,
+                self._backend,
+                current,
+                state.gallery_sum,
+            )
+            if self._store is not None:
+                self._store.append_many([p.change for p in accepted])
+        except Exception as exc:  # back ends or the commit failed: the whole group with it
+            for pending in accepted:
+                pending.result, pending.error = None, exc
+            return
+        finally:
+            for pending in group:
+                pending.done = True
+        self._state = state
+        if self._store is not None and self._store.due_for_compaction:
+            self._compact_in_background()
+        results = [p.result for p in accepted if p.result is not None]
+        log.info(
+            "gallery changed",
+            extra={
+                "version": state.version,
+                "size": state.size,
+                "changes": len(results),
+                "inserted": sum(r.inserted for r in results),
+                "updated": sum(r.updated for r in results),
+                "deleted": sum(r.deleted for r in results),
+                "seconds": round(time.perf_counter() - started, 4),
+            },
+        )
+
+    def _next_state(
+        self, state: GalleryState, change: Change, *, with_backends: bool = True
+    ) -> tuple[GalleryState, ChangeResult]:
         """The state after ``change``: O(batch) for new ids (appends, per-item stats and InvGC of
-        the batch alone), plus one O(n·d) compaction when rows go (deletes and replacements)."""
+        the batch alone), plus one O(n·d) compaction when rows go (deletes and replacements).
+        ``with_backends=False``: a state without search back ends (inside a group commit)."""
         rows = state.rows
         replaced = [i for i in change.ids if i in rows]
         if isinstance(change, Delete):
@@ -399,9 +473,14 @@ class Engine:
             inserted = len(change.ids) - len(replaced)
         if gallery_sum is not None:
             adjusted = self._rebuild_adjusted(original, gallery_sum)
-        next_state = GalleryState.create(
-            state.version + 1, catalog, original, adjusted, self._backend, state, gallery_sum
-        )
+        if with_backends:
+            next_state = GalleryState.create(
+                state.version + 1, catalog, original, adjusted, self._backend, state, gallery_sum
+            )
+        else:
+            next_state = GalleryState(
+                state.version + 1, catalog, original, adjusted, {}, gallery_sum
+            )
         deleted = len(change.ids) if isinstance(change, Delete) else 0
         updated = len(replaced) if isinstance(change, Upsert) else 0
         return next_state, ChangeResult(

@@ -122,8 +122,8 @@ class _Log:
     def __init__(self) -> None:
         self.changes: list[object] = []
 
-    def append(self, change: object) -> None:
-        self.changes.append(change)
+    def append_many(self, changes: list[object]) -> None:
+        self.changes.extend(changes)
 
 
 def _anisotropic(rng: np.random.Generator, n: int, d: int = 64) -> np.ndarray:

@@ -1,0 +1,113 @@
+"""Group commit: changes that arrive together share one log transaction and one state swap, and
+the result equals applying them one by one (a fresh start on the resulting gallery, every
+method), while a failing change fails alone and a failing commit fails the whole group."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from service.algorithms import InvGCParams
+from service.engine import Engine
+from service.engine.state import UnknownIdError
+from tests.engine.test_updates import _assert_same, _engine, _unit
+
+
+class _Log:
+    """A change log recording each transaction (a list of changes), or refusing them all."""
+
+    due_for_compaction = False
+
+    def __init__(self, fail: bool = False) -> None:
+        self.transactions: list[list[object]] = []
+        self.fail = fail
+
+    def append_many(self, changes: list[object]) -> None:
+        if self.fail:
+            raise OSError(28, "No space left on device")
+        self.transactions.append(list(changes))
+
+
+def _grouped(engine: Engine, calls: list[Callable[[], object]]) -> list[object]:
+    """Run ``calls`` in threads that all queue while the write lock is held, in list order,
+    then release it: they form one group. Returns each call's result or exception."""
+    outcomes: list[object] = [None] * len(calls)
+
+    def run(index: int) -> None:
+        try:
+            outcomes[index] = calls[index]()
+        except Exception as exc:
+            outcomes[index] = exc
+
+    threads = []
+    with engine._write_lock:
+        for index in range(len(calls)):
+            thread = threading.Thread(target=run, args=(index,))
+            thread.start()
+            threads.append(thread)
+            deadline = time.monotonic() + 10
+            while len(engine._queue) <= index and time.monotonic() < deadline:
+                time.sleep(0.001)
+            assert len(engine._queue) == index + 1
+    for thread in threads:
+        thread.join(timeout=30)
+    return outcomes
+
+
+@pytest.mark.parametrize("adjacency", ["local", "full", None])
+def test_a_group_equals_its_changes_one_by_one_and_a_bad_change_fails_alone(
+    adjacency: str | None,
+) -> None:
+    invgc = InvGCParams(pool_rate=0.1, adjacency=adjacency) if adjacency else None
+    rng = np.random.default_rng(3)
+    gallery = {f"g{i}": row for i, row in enumerate(_unit(rng, 40))}
+    engine = _engine(list(gallery), np.array(list(gallery.values())), invgc)
+    log = _Log()
+    engine._store = log  # type: ignore[assignment]
+    version = engine.state.version
+    rows = _unit(rng, 6)
+    calls: list[Callable[[], object]] = [
+        lambda: engine.upsert(["n0"], rows[:1], [{"id": "n0"}]),
+        lambda: engine.delete(["g3"]),
+        lambda: engine.delete(["nobody"]),  # unknown id: refused alone
+        lambda: engine.upsert(["g5", "n1"], rows[1:3], [{"id": "g5"}, {"id": "n1"}]),
+        lambda: engine.delete(["g3"]),  # deleted earlier in this group: refused alone
+        lambda: engine.upsert(["n0"], rows[4:5], [{"id": "n0"}]),  # replaces the first
+        lambda: engine.delete(["g7", "n1"]),
+    ]
+    outcomes = _grouped(engine, calls)
+    assert isinstance(outcomes[2], UnknownIdError) and isinstance(outcomes[4], UnknownIdError)
+    accepted = [o for i, o in enumerate(outcomes) if i not in (2, 4)]
+    assert [o.version for o in accepted] == list(range(version + 1, version + 6))  # type: ignore[attr-defined]
+    assert len(log.transactions) == 1 and len(log.transactions[0]) == 5  # one transaction
+    assert engine.state.version == version + 5
+    for i in ("g3", "g5", "g7"):
+        del gallery[i]
+    gallery |= {"g5": rows[1], "n0": rows[4]}
+    fresh = _engine(list(gallery), np.array(list(gallery.values())), invgc)
+    _assert_same(engine, fresh)
+
+
+def test_a_failing_commit_fails_every_change_of_the_group_and_changes_nothing() -> None:
+    rng = np.random.default_rng(4)
+    engine = _engine([f"g{i}" for i in range(30)], _unit(rng, 30), InvGCParams(pool_rate=0.1))
+    engine._store = _Log(fail=True)  # type: ignore[assignment]
+    before = engine.state
+    rows = _unit(rng, 2)
+    outcomes = _grouped(
+        engine,
+        [
+            lambda: engine.upsert(["a"], rows[:1], [{"id": "a"}]),
+            lambda: engine.delete(["g1"]),
+            lambda: engine.upsert(["b"], rows[1:], [{"id": "b"}]),
+        ],
+    )
+    assert all(isinstance(o, OSError) for o in outcomes)
+    assert engine.state is before and "a" not in before.rows and "g1" in before.rows
+    engine._store = None
+    engine.upsert(["c"], rows[:1], [{"id": "c"}])  # the engine goes on from `before`
+    assert engine.state.ids == (*before.ids, "c")
