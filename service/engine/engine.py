@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -389,18 +389,9 @@ class Engine:
         current = state = self._state
         accepted: list[_Pending] = []
         try:
-            for pending in group:
-                try:
-                    next_state, result = self._next_state(
-                        state, pending.change, with_backends=False
-                    )
-                    if isinstance(pending.change, Upsert):
-                        result = self._screen(next_state, pending.change, result)
-                except Exception as exc:  # this change alone is refused
-                    pending.error = exc
-                    continue
-                state, pending.result = next_state, result
-                accepted.append(pending)
+            for run in self._runs(group, state):
+                state = self._apply_run(state, run)
+                accepted += [p for p in run if p.error is None]
             if not accepted:
                 return
             state = GalleryState.create(
@@ -437,6 +428,69 @@ class Engine:
                 "seconds": round(time.perf_counter() - started, 4),
             },
         )
+
+    def _runs(self, group: list[_Pending], state: GalleryState) -> Iterator[list[_Pending]]:
+        """``group`` cut into runs applied as one: consecutive upserts of ids new to the gallery
+        and to the run (appending them together equals appending them one by one, and costs one
+        bank scan), or single changes. With ``HUBLESS_HUB_POLICY=reject`` every change runs
+        alone (a refusal must leave the others' state exactly as without it)."""
+        merge = self.screening is None or not self.screening.reject
+        run: list[_Pending] = []
+        seen: set[str] = set()
+        for pending in group:
+            change = pending.change
+            fresh = (
+                merge
+                and isinstance(change, Upsert)
+                and not any(i in seen or i in state.rows for i in change.ids)
+            )
+            if run and not fresh:
+                yield run
+                run, seen = [], set()
+            if not fresh:
+                yield [pending]
+                continue
+            run.append(pending)
+            seen.update(change.ids)
+        if run:
+            yield run
+
+    def _apply_run(self, state: GalleryState, run: list[_Pending]) -> GalleryState:
+        """The state after ``run`` (see :meth:`_runs`), each change's outcome filled in; a
+        change that fails fails alone."""
+        if len(run) > 1:
+            changes = [p.change for p in run if isinstance(p.change, Upsert)]
+            merged = Upsert(
+                tuple(i for c in changes for i in c.ids),
+                np.concatenate([c.embeddings for c in changes]),
+                tuple(m for c in changes for m in c.metadata),
+            )
+            try:
+                after, _ = self._next_state(state, merged, with_backends=False)
+            except Exception:  # find which change fails: one by one
+                return self._apply_each(state, run)
+            after = replace(after, version=state.version + len(run))  # one version per change
+            first = state.size
+            for pending, change in zip(run, changes, strict=True):
+                rows = np.arange(first, first + len(change.ids))
+                result = ChangeResult(after.version, after.size, len(change.ids), 0, 0)
+                pending.result = self._screen(after, change, result, rows)
+                first += len(change.ids)
+            return after
+        return self._apply_each(state, run)
+
+    def _apply_each(self, state: GalleryState, run: list[_Pending]) -> GalleryState:
+        """Apply the changes of ``run`` one after the other; one that fails fails alone."""
+        for pending in run:
+            try:
+                after, result = self._next_state(state, pending.change, with_backends=False)
+                if isinstance(pending.change, Upsert):
+                    result = self._screen(after, pending.change, result)
+            except Exception as exc:  # this change alone is refused
+                pending.error = exc
+                continue
+            state, pending.result = after, result
+        return state
 
     def _next_state(
         self, state: GalleryState, change: Change, *, with_backends: bool = True
@@ -487,17 +541,27 @@ class Engine:
             next_state.version, next_state.size, inserted, updated, deleted
         )
 
-    def _screen(self, state: GalleryState, change: Upsert, result: ChangeResult) -> ChangeResult:
+    def _screen(
+        self,
+        state: GalleryState,
+        change: Upsert,
+        result: ChangeResult,
+        rows: np.ndarray | None = None,
+    ) -> ChangeResult:
         """Warn about (or refuse) the change's items whose query-bank k-occurrence after the
         change is an outlier among all gallery items' (robust z, zeros included).
 
-        O(|BQ|·k + n) on the state already built: the upserted items are its last rows.
+        O(|BQ|·k + n) on the state already built: the upserted items are its ``rows`` (by
+        default its last rows; in a merged run of a group commit, their place in the run).
         """
         if self.screening is None:
             return result
-        n, first = state.size, state.size - len(change.ids)
+        n = state.size
+        if rows is None:
+            rows = np.arange(n - len(change.ids), n)
+        first = int(rows[0]) if rows.size else n
         occurrence = state.original.query_top.occurrence(n, self.screening.k)
-        found = suspected_hubs(occurrence, np.arange(first, n), self.screening.z)
+        found = suspected_hubs(occurrence, rows, self.screening.z)
         warnings = tuple(
             HubWarning(change.ids[row - first], int(count), float(z))
             for row, count, z in zip(found.rows, found.occurrence, found.z, strict=True)
