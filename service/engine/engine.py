@@ -149,8 +149,11 @@ class Engine:
         self._store: GalleryStore | None = None
         self._on_compact: Callable[[GalleryState], None] | None = None
         self._write_lock = threading.Lock()
-        self._queue: list[_Pending] = []  # changes waiting for the next group commit
-        self._queue_lock = threading.Lock()
+        #: group commit: changes waiting for the next group, whether one is being committed,
+        #: and the condition (its lock guards both) the waiting callers sleep on
+        self._queue: list[_Pending] = []
+        self._committing = False
+        self._group = threading.Condition(threading.Lock())
         self._compacting = threading.Lock()  # held by the one background compaction
         self._masks: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
         self._masks_lock = threading.Lock()
@@ -355,8 +358,8 @@ class Engine:
         Order: validate, build the next state off to the side, screen it for hubs (a refusal
         leaves everything as it was), log it, swap it in.
 
-        Group commit: changes that arrive while another group is being committed queue up; the
-        first of them to get the write lock applies the whole queue in arrival order (each
+        Group commit: changes that arrive while another group is being committed queue up; when
+        it is done, the first of them to wake up applies the whole queue in arrival order (each
         change validated and screened on its own: one that fails fails alone), commits the
         accepted ones in one store transaction and swaps one state. Every caller returns only
         once its own change is durable (or raises its own error; if the commit fails, every
@@ -368,13 +371,22 @@ class Engine:
                 self._state = state
                 return result
         pending = _Pending(change)
-        with self._queue_lock:
+        with self._group:
             self._queue.append(pending)
-        with self._write_lock:
-            if not pending.done:  # nobody took it yet: this caller commits the queue
-                with self._queue_lock:
-                    group, self._queue = self._queue, []
-                self._commit_group(group)
+            while self._committing and not pending.done:
+                self._group.wait()  # a group is being committed: this change joins the next
+            if not pending.done:  # no commit running: this caller commits the queue
+                group, self._queue, self._committing = self._queue, [], True
+        if not pending.done:
+            try:
+                with self._write_lock:
+                    self._commit_group(group)
+            finally:
+                with self._group:
+                    for waiting in group:
+                        waiting.done = True
+                    self._committing = False
+                    self._group.notify_all()
         if pending.error is not None:
             raise pending.error
         if pending.result is None:  # the committing thread was interrupted before deciding
@@ -409,9 +421,6 @@ class Engine:
             for pending in accepted:
                 pending.result, pending.error = None, exc
             return
-        finally:
-            for pending in group:
-                pending.done = True
         self._state = state
         if self._store is not None and self._store.due_for_compaction:
             self._compact_in_background()

@@ -33,8 +33,8 @@ class _Log:
 
 
 def _grouped(engine: Engine, calls: list[Callable[[], object]]) -> list[object]:
-    """Run ``calls`` in threads that all queue while the write lock is held, in list order,
-    then release it: they form one group. Returns each call's result or exception."""
+    """Run ``calls`` in threads that all queue (in list order) while a commit seems to be
+    running, then let them go: they form one group. Returns each call's result or exception."""
     outcomes: list[object] = [None] * len(calls)
 
     def run(index: int) -> None:
@@ -44,15 +44,19 @@ def _grouped(engine: Engine, calls: list[Callable[[], object]]) -> list[object]:
             outcomes[index] = exc
 
     threads = []
-    with engine._write_lock:
-        for index in range(len(calls)):
-            thread = threading.Thread(target=run, args=(index,))
-            thread.start()
-            threads.append(thread)
-            deadline = time.monotonic() + 10
-            while len(engine._queue) <= index and time.monotonic() < deadline:
-                time.sleep(0.001)
-            assert len(engine._queue) == index + 1
+    with engine._group:
+        engine._committing = True  # as if a group were being committed: the calls queue up
+    for index in range(len(calls)):
+        thread = threading.Thread(target=run, args=(index,))
+        thread.start()
+        threads.append(thread)
+        deadline = time.monotonic() + 10
+        while len(engine._queue) <= index and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert len(engine._queue) == index + 1
+    with engine._group:
+        engine._committing = False
+        engine._group.notify_all()
     for thread in threads:
         thread.join(timeout=30)
     return outcomes
