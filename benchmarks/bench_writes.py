@@ -149,12 +149,14 @@ def measure(quick: bool) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="bench-writes-") as tmp:
         workdir = Path(tmp)
         env = _gallery(workdir / "input", quick)
-        with (
-            Server(workdir / "data", env) as server,
-            httpx.Client(base_url=server.url, timeout=60.0) as client,
-        ):
-            size = int(client.get("/gallery", params={"limit": 1}).json()["total"])
-            dim = int(np.load(env["HUBLESS_GALLERY"], mmap_mode="r").shape[1])
-            rows = _latency_rows(_Writer(client, dim, 0), changes, size)
+        server = Server(workdir / "data", env).start()
+        try:
+            server.wait_ready(timeout=90 if quick else 600)  # the 100k precompute takes minutes
+            with httpx.Client(base_url=server.url, timeout=60.0) as client:
+                size = int(client.get("/gallery", params={"limit": 1}).json()["total"])
+                dim = int(np.load(env["HUBLESS_GALLERY"], mmap_mode="r").shape[1])
+                rows = _latency_rows(_Writer(client, dim, 0), changes, size)
             rows += _concurrent_rows(server.url, dim, seconds)
+        finally:
+            server.stop()
     return rows

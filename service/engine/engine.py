@@ -445,22 +445,22 @@ class Engine:
         alone (a refusal must leave the others' state exactly as without it)."""
         merge = self.screening is None or not self.screening.reject
         run: list[_Pending] = []
-        seen: set[str] = set()
+        touched: set[str] = set()  # ids of the group's earlier changes (the state moves on)
         for pending in group:
             change = pending.change
             fresh = (
                 merge
                 and isinstance(change, Upsert)
-                and not any(i in seen or i in state.rows for i in change.ids)
+                and not any(i in touched or i in state.rows for i in change.ids)
             )
+            touched.update(change.ids)
             if run and not fresh:
                 yield run
-                run, seen = [], set()
-            if not fresh:
+                run = []
+            if fresh:
+                run.append(pending)
+            else:
                 yield [pending]
-                continue
-            run.append(pending)
-            seen.update(change.ids)
         if run:
             yield run
 

@@ -73,8 +73,8 @@ def test_a_group_equals_its_changes_one_by_one_and_a_bad_change_fails_alone(
     log = _Log()
     engine._store = log  # type: ignore[assignment]
     version = engine.state.version
-    rows = _unit(rng, 7)
-    meta = [{"id": i} for i in ("n0", "n1", "n2", "n3", "g5", "n4")]
+    rows = _unit(rng, 9)
+    meta = [{"id": i} for i in ("n0", "n1", "n2", "n3", "g5", "n4", "n5")]
     calls: list[Callable[[], object]] = [
         lambda: engine.upsert(["n0"], rows[:1], meta[:1]),  # three new-id upserts: one run
         lambda: engine.upsert(["n1", "n2"], rows[1:3], meta[1:3]),
@@ -85,19 +85,22 @@ def test_a_group_equals_its_changes_one_by_one_and_a_bad_change_fails_alone(
         lambda: engine.delete(["g3"]),  # deleted earlier in this group: refused alone
         lambda: engine.upsert(["n0"], rows[6:7], meta[:1]),  # replaces the first
         lambda: engine.delete(["g7", "n1"]),
+        lambda: engine.upsert(["n3"], rows[7:8], meta[3:4]),  # inserted earlier in the group
+        lambda: engine.upsert(["n5"], rows[8:9], meta[6:7]),
     ]
     outcomes = _grouped(engine, calls)
     assert isinstance(outcomes[4], UnknownIdError) and isinstance(outcomes[6], UnknownIdError)
     accepted = [o for i, o in enumerate(outcomes) if i not in (4, 6)]
     versions = [o.version for o in accepted]  # type: ignore[attr-defined]
-    assert versions == [version + 3] * 3 + list(range(version + 4, version + 8))
+    assert versions == [version + 3] * 3 + list(range(version + 4, version + 10))
     assert [o.inserted for o in accepted[:3]] == [1, 2, 1]  # type: ignore[attr-defined]
-    assert len(log.transactions) == 1 and len(log.transactions[0]) == 7  # one transaction
-    assert engine.state.version == version + 7
+    assert len(log.transactions) == 1 and len(log.transactions[0]) == 9  # one transaction
+    assert engine.state.version == version + 9
     gallery |= {"n0": rows[0], "n1": rows[1], "n2": rows[2], "n3": rows[3]}
     del gallery["g3"], gallery["g5"], gallery["n0"]
     gallery |= {"g5": rows[4], "n4": rows[5], "n0": rows[6]}
-    del gallery["g7"], gallery["n1"]
+    del gallery["g7"], gallery["n1"], gallery["n3"]
+    gallery |= {"n3": rows[7], "n5": rows[8]}
     fresh = _engine(list(gallery), np.array(list(gallery.values())), invgc)
     _assert_same(engine, fresh)
 
