@@ -30,7 +30,7 @@ from service.algorithms import (
     get_normaliser,
     prepare_items,
 )
-from service.algorithms.hubs import HubScreening, suspected_hubs
+from service.algorithms.hubs import HubScreening, Suspects, suspected_hubs
 from service.backends import BackendFactory, SearchBackend
 from service.engine.changes import Change, Delete, Upsert
 from service.engine.filters import Predicate, allowed_rows
@@ -479,11 +479,11 @@ class Engine:
             except Exception:  # find which change fails: one by one
                 return self._apply_each(state, run)
             after = replace(after, version=state.version + len(run))  # one version per change
+            found = self._suspects(after, np.arange(state.size, after.size))  # once per run
             first = state.size
             for pending, change in zip(run, changes, strict=True):
-                rows = np.arange(first, first + len(change.ids))
                 result = ChangeResult(after.version, after.size, len(change.ids), 0, 0)
-                pending.result = self._screen(after, change, result, rows)
+                pending.result = self._screen(after, change, result, first, found)
                 first += len(change.ids)
             return after
         return self._apply_each(state, run)
@@ -550,27 +550,37 @@ class Engine:
             next_state.version, next_state.size, inserted, updated, deleted
         )
 
+    def _suspects(self, state: GalleryState, rows: np.ndarray) -> Suspects | None:
+        """Which of ``rows`` of ``state`` are suspected hubs: their query-bank k-occurrence
+        is an outlier among all gallery items' (robust z, zeros included); O(|BQ|·k + n)."""
+        if self.screening is None:
+            return None
+        occurrence = state.original.query_top.occurrence(state.size, self.screening.k)
+        return suspected_hubs(occurrence, rows, self.screening.z)
+
     def _screen(
         self,
         state: GalleryState,
         change: Upsert,
         result: ChangeResult,
-        rows: np.ndarray | None = None,
+        first: int | None = None,
+        found: Suspects | None = None,
     ) -> ChangeResult:
-        """Warn about (or refuse) the change's items whose query-bank k-occurrence after the
-        change is an outlier among all gallery items' (robust z, zeros included).
+        """Warn about (or refuse) the change's items that are suspected hubs after the change.
 
-        O(|BQ|·k + n) on the state already built: the upserted items are its ``rows`` (by
-        default its last rows; in a merged run of a group commit, their place in the run).
+        The upserted items are the rows from ``first`` of the state already built (by default
+        its last rows); ``found``: the suspects of a merged run of a group commit, screened
+        once for the whole run (the run's rows against the state after it).
         """
         if self.screening is None:
             return result
-        n = state.size
-        if rows is None:
-            rows = np.arange(n - len(change.ids), n)
-        first = int(rows[0]) if rows.size else n
-        occurrence = state.original.query_top.occurrence(n, self.screening.k)
-        found = suspected_hubs(occurrence, rows, self.screening.z)
+        if first is None:
+            first = state.size - len(change.ids)
+        if found is None:
+            found = self._suspects(state, np.arange(first, first + len(change.ids)))
+            assert found is not None
+        mine = (found.rows >= first) & (found.rows < first + len(change.ids))
+        found = Suspects(found.rows[mine], found.occurrence[mine], found.z[mine])
         warnings = tuple(
             HubWarning(change.ids[row - first], int(count), float(z))
             for row, count, z in zip(found.rows, found.occurrence, found.z, strict=True)

@@ -170,6 +170,22 @@ def test_reject_changes_nothing() -> None:
     assert engine.upsert(["fine"], batch[:1], [None]).warnings == ()  # the rest still goes in
 
 
+def test_a_merged_group_warns_the_change_that_brought_the_hub_only() -> None:
+    """Three one-item upserts grouped into one run: the hub's caller gets the warning (as the
+    same items upserted as one batch do), the others none."""
+    from tests.engine.test_group_commit import _grouped
+
+    engine = _small_engine(reject=False)
+    ordinary = _anisotropic(np.random.default_rng(5), 3)
+    hub = injected_hub(engine.banks.query_bank)[None]
+    rows = {"a": ordinary[:1], "hub": hub, "b": ordinary[1:2]}
+    results = _grouped(
+        engine, [lambda i=i: engine.upsert([i], rows[i], [None]) for i in ("a", "hub", "b")]
+    )
+    assert [[w.id for w in r.warnings] for r in results] == [[], ["hub"], []]  # type: ignore[attr-defined]
+    assert len(engine._store.changes) == 3 and engine.state.ids[-3:] == ("a", "hub", "b")
+
+
 # ----------------------------------------------------------------------------- the demo
 
 
