@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from service.algorithms import InvGCParams
+from service.backends import backend_factory
 from service.engine import Engine
-from service.engine.state import UnknownIdError
+from service.engine.state import GalleryState, UnknownIdError
 from tests.engine.test_updates import _assert_same, _engine, _unit
 
 
@@ -62,14 +63,30 @@ def _grouped(engine: Engine, calls: list[Callable[[], object]]) -> list[object]:
     return outcomes
 
 
-@pytest.mark.parametrize("adjacency", ["local", "full", None])
+def _on(backend: str, engine: Engine) -> Engine:
+    """``engine``'s gallery served by ``backend`` (FAISS flat: exact scores, other code)."""
+    if backend == "exact":
+        return engine
+    pytest.importorskip("faiss")
+    factory = backend_factory("faiss", index="flat")
+    state = engine.state
+    state = GalleryState.create(
+        state.version, state.catalog, state.original, state.adjusted, factory
+    )
+    return Engine(state, engine.banks, engine.norm, engine.invgc, factory, engine.screening)
+
+
+@pytest.mark.parametrize(
+    ("adjacency", "backend"),
+    [("local", "exact"), ("full", "exact"), (None, "exact"), ("local", "faiss")],
+)
 def test_a_group_equals_its_changes_one_by_one_and_a_bad_change_fails_alone(
-    adjacency: str | None,
+    adjacency: str | None, backend: str
 ) -> None:
     invgc = InvGCParams(pool_rate=0.1, adjacency=adjacency) if adjacency else None
     rng = np.random.default_rng(3)
     gallery = {f"g{i}": row for i, row in enumerate(_unit(rng, 40))}
-    engine = _engine(list(gallery), np.array(list(gallery.values())), invgc)
+    engine = _on(backend, _engine(list(gallery), np.array(list(gallery.values())), invgc))
     log = _Log()
     engine._store = log  # type: ignore[assignment]
     version = engine.state.version
@@ -101,7 +118,8 @@ def test_a_group_equals_its_changes_one_by_one_and_a_bad_change_fails_alone(
     gallery |= {"g5": rows[4], "n4": rows[5], "n0": rows[6]}
     del gallery["g7"], gallery["n1"], gallery["n3"]
     gallery |= {"n3": rows[7], "n5": rows[8]}
-    fresh = _engine(list(gallery), np.array(list(gallery.values())), invgc)
+    fresh = _on(backend, _engine(list(gallery), np.array(list(gallery.values())), invgc))
+    assert engine.state.backends[False].name == fresh.state.backends[False].name == backend
     _assert_same(engine, fresh)
 
 
