@@ -3,7 +3,9 @@
 Searches read one immutable :class:`GalleryState` (a single reference read, no lock), so they
 never block each other and never see a half-applied change. Changes are serialised by one
 lock: the next state is built off to the side (touching only the rows a change affects),
-written to the change log if there is one (durable before visible), then swapped in.
+written to the change log if there is one (durable before visible), then swapped in. Changes
+that arrive while one is being committed are committed together (group commit, see
+:meth:`Engine.apply`): one log transaction and one swap for all of them.
 """
 
 from __future__ import annotations

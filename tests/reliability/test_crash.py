@@ -48,6 +48,19 @@ class Change:
         return client.put("/gallery", json={"items": items})
 
 
+def _send(change: Change, client: httpx.Client, failures: list[str]) -> bool:
+    """Send ``change``; True once acknowledged (200). False if the server went away under us
+    (the change is unacknowledged) or answered an error (recorded in ``failures``)."""
+    try:
+        response = change.send(client)
+    except httpx.TransportError:
+        return False
+    if response.status_code != 200:
+        failures.append(f"{response.status_code} {response.text}")
+        return False
+    return True
+
+
 class Gallery:
     """What the server must hold: ids in gallery order and their normalised embeddings."""
 
@@ -98,12 +111,7 @@ class Writer(threading.Thread):
                 if self.stop.is_set():
                     return
                 self.in_flight = self._next(n)
-                try:
-                    response = self.in_flight.send(client)
-                except httpx.TransportError:
-                    return  # killed under us: this change is unacknowledged
-                if response.status_code != 200:
-                    self.failures.append(f"{response.status_code} {response.text}")
+                if not _send(self.in_flight, client, self.failures):
                     return
                 self.acked.append(self.in_flight)
                 self.in_flight = None
@@ -276,12 +284,7 @@ class OneItemWriter(threading.Thread):
                 else:
                     vector = self.rng.standard_normal((1, DIM))
                     self.in_flight = Change((f"k{self.index}-{n}",), vector)
-                try:
-                    response = self.in_flight.send(client)
-                except httpx.TransportError:
-                    return  # killed under us: this change is unacknowledged
-                if response.status_code != 200:
-                    self.failures.append(f"{response.status_code} {response.text}")
+                if not _send(self.in_flight, client, self.failures):
                     return
                 (item_id,) = self.in_flight.ids
                 if self.in_flight.vectors is None:
