@@ -313,9 +313,8 @@ def test_sigkill_mid_group_commit_loses_no_acknowledged_change(tmp_path: Path) -
         for writer in writers:
             writer.join(timeout=30)
         assert not [f for w in writers for f in w.failures]
-        commits = [
-            json.loads(line) for line in server.logs().splitlines() if "gallery chan" in line
-        ]
+        lines = [line for line in server.logs().splitlines() if "gallery changed" in line]
+        commits = [json.loads(line) for line in lines if line.endswith("}")]  # whole lines
         assert max(c["changes"] for c in commits) > 1  # some commits were groups
         server.start()
         server.wait_ready()
