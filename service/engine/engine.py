@@ -3,7 +3,9 @@
 Searches read one immutable :class:`GalleryState` (a single reference read, no lock), so they
 never block each other and never see a half-applied change. Changes are serialised by one
 lock: the next state is built off to the side (touching only the rows a change affects),
-written to the change log if there is one (durable before visible), then swapped in.
+written to the change log if there is one (durable before visible), then swapped in. Changes
+that arrive while one is being committed are committed together (group commit, see
+:meth:`Engine.apply`): one log transaction and one swap for all of them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -30,7 +32,7 @@ from service.algorithms import (
     get_normaliser,
     prepare_items,
 )
-from service.algorithms.hubs import HubScreening, suspected_hubs
+from service.algorithms.hubs import HubScreening, Suspects, suspected_hubs
 from service.backends import BackendFactory, SearchBackend
 from service.engine.changes import Change, Delete, Upsert
 from service.engine.filters import Predicate, allowed_rows
@@ -96,6 +98,16 @@ class ChangeResult:
     warnings: tuple[HubWarning, ...] = ()
 
 
+@dataclass(eq=False)
+class _Pending:
+    """One caller's change waiting in the group-commit queue, and its outcome once ``done``."""
+
+    change: Change
+    done: bool = False
+    result: ChangeResult | None = None
+    error: BaseException | None = None
+
+
 def _whole_state(
     version: int,
     catalog: Catalog,
@@ -139,6 +151,11 @@ class Engine:
         self._store: GalleryStore | None = None
         self._on_compact: Callable[[GalleryState], None] | None = None
         self._write_lock = threading.Lock()
+        #: group commit: changes waiting for the next group, whether one is being committed,
+        #: and the condition (its lock guards both) the waiting callers sleep on
+        self._queue: list[_Pending] = []
+        self._committing = False
+        self._group = threading.Condition(threading.Lock())
         self._compacting = threading.Lock()  # held by the one background compaction
         self._masks: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
         self._masks_lock = threading.Lock()
@@ -342,34 +359,156 @@ class Engine:
         ``record=False`` replays a change that is already in the log (not screened again).
         Order: validate, build the next state off to the side, screen it for hubs (a refusal
         leaves everything as it was), log it, swap it in.
-        """
-        with self._write_lock:
-            started = time.perf_counter()
-            current = self._state
-            state, result = self._next_state(current, change)
-            if record and isinstance(change, Upsert):
-                result = self._screen(state, change, result)
-            if record and self._store is not None:
-                self._store.append(change)
-            self._state = state
-            if record and self._store is not None and self._store.due_for_compaction:
-                self._compact_in_background()
-            log.info(
-                "gallery changed",
-                extra={
-                    "version": state.version,
-                    "size": state.size,
-                    "inserted": result.inserted,
-                    "updated": result.updated,
-                    "deleted": result.deleted,
-                    "seconds": round(time.perf_counter() - started, 4),
-                },
-            )
-            return result
 
-    def _next_state(self, state: GalleryState, change: Change) -> tuple[GalleryState, ChangeResult]:
+        Group commit: changes that arrive while another group is being committed queue up; when
+        it is done, the first of them to wake up applies the whole queue in arrival order (each
+        change validated and screened on its own: one that fails fails alone), commits the
+        accepted ones in one store transaction and swaps one state. Every caller returns only
+        once its own change is durable (or raises its own error; if the commit fails, every
+        caller of the group gets that error and nothing changed).
+        """
+        if not record:
+            with self._write_lock:
+                state, result = self._next_state(self._state, change)
+                self._state = state
+                return result
+        pending = _Pending(change)
+        with self._group:
+            self._queue.append(pending)
+            while self._committing and not pending.done:
+                self._group.wait()  # a group is being committed: this change joins the next
+            if not pending.done:  # no commit running: this caller commits the queue
+                group, self._queue, self._committing = self._queue, [], True
+        if not pending.done:
+            try:
+                with self._write_lock:
+                    self._commit_group(group)
+            finally:
+                with self._group:
+                    for waiting in group:
+                        waiting.done = True
+                    self._committing = False
+                    self._group.notify_all()
+        if pending.error is not None:
+            raise pending.error
+        if pending.result is None:  # the committing thread was interrupted before deciding
+            raise RuntimeError("the change was not applied")
+        return pending.result
+
+    def _commit_group(self, group: list[_Pending]) -> None:
+        """Apply, log (one transaction) and swap ``group``; fill in each one's outcome.
+        Runs under the write lock. The states between the changes of a group are never
+        searched, so only the last one gets search back ends (derived from the served one)."""
+        started = time.perf_counter()
+        current = state = self._state
+        accepted: list[_Pending] = []
+        try:
+            for run in self._runs(group, state):
+                state = self._apply_run(state, run)
+                accepted += [p for p in run if p.error is None]
+            if not accepted:
+                return
+            state = GalleryState.create(
+                state.version,
+                state.catalog,
+                state.original,
+                state.adjusted,
+                self._backend,
+                current,
+                state.gallery_sum,
+            )
+            if self._store is not None:
+                self._store.append_many([p.change for p in accepted])
+        except Exception as exc:  # back ends or the commit failed: the whole group with it
+            for pending in accepted:
+                pending.result, pending.error = None, exc
+            return
+        self._state = state
+        if self._store is not None and self._store.due_for_compaction:
+            self._compact_in_background()
+        results = [p.result for p in accepted if p.result is not None]
+        log.info(
+            "gallery changed",
+            extra={
+                "version": state.version,
+                "size": state.size,
+                "changes": len(results),
+                "inserted": sum(r.inserted for r in results),
+                "updated": sum(r.updated for r in results),
+                "deleted": sum(r.deleted for r in results),
+                "seconds": round(time.perf_counter() - started, 4),
+            },
+        )
+
+    def _runs(self, group: list[_Pending], state: GalleryState) -> Iterator[list[_Pending]]:
+        """``group`` cut into runs applied as one: consecutive upserts of ids new to the gallery
+        and to the run (appending them together equals appending them one by one, and costs one
+        bank scan), or single changes. With ``HUBLESS_HUB_POLICY=reject`` every change runs
+        alone (a refusal must leave the others' state exactly as without it)."""
+        merge = self.screening is None or not self.screening.reject
+        run: list[_Pending] = []
+        touched: set[str] = set()  # ids of the group's earlier changes (the state moves on)
+        for pending in group:
+            change = pending.change
+            fresh = (
+                merge
+                and isinstance(change, Upsert)
+                and not any(i in touched or i in state.rows for i in change.ids)
+            )
+            touched.update(change.ids)
+            if run and not fresh:
+                yield run
+                run = []
+            if fresh:
+                run.append(pending)
+            else:
+                yield [pending]
+        if run:
+            yield run
+
+    def _apply_run(self, state: GalleryState, run: list[_Pending]) -> GalleryState:
+        """The state after ``run`` (see :meth:`_runs`), each change's outcome filled in; a
+        change that fails fails alone."""
+        if len(run) > 1:
+            changes = [p.change for p in run if isinstance(p.change, Upsert)]
+            merged = Upsert(
+                tuple(i for c in changes for i in c.ids),
+                np.concatenate([c.embeddings for c in changes]),
+                tuple(m for c in changes for m in c.metadata),
+            )
+            try:
+                after, _ = self._next_state(state, merged, with_backends=False)
+            except Exception:  # find which change fails: one by one
+                return self._apply_each(state, run)
+            after = replace(after, version=state.version + len(run))  # one version per change
+            found = self._suspects(after, np.arange(state.size, after.size))  # once per run
+            first = state.size
+            for pending, change in zip(run, changes, strict=True):
+                result = ChangeResult(after.version, after.size, len(change.ids), 0, 0)
+                pending.result = self._screen(after, change, result, first, found)
+                first += len(change.ids)
+            return after
+        return self._apply_each(state, run)
+
+    def _apply_each(self, state: GalleryState, run: list[_Pending]) -> GalleryState:
+        """Apply the changes of ``run`` one after the other; one that fails fails alone."""
+        for pending in run:
+            try:
+                after, result = self._next_state(state, pending.change, with_backends=False)
+                if isinstance(pending.change, Upsert):
+                    result = self._screen(after, pending.change, result)
+            except Exception as exc:  # this change alone is refused
+                pending.error = exc
+                continue
+            state, pending.result = after, result
+        return state
+
+    def _next_state(
+        self, state: GalleryState, change: Change, *, with_backends: bool = True
+    ) -> tuple[GalleryState, ChangeResult]:
         """The state after ``change``: O(batch) for new ids (appends, per-item stats and InvGC of
-        the batch alone), plus one O(n·d) compaction when rows go (deletes and replacements)."""
+        the batch alone), plus one O(n·d) compaction when rows go (deletes and replacements).
+        ``with_backends=False``: a state without search back ends (inside a group commit)."""
         rows = state.rows
         replaced = [i for i in change.ids if i in rows]
         if isinstance(change, Delete):
@@ -399,26 +538,51 @@ class Engine:
             inserted = len(change.ids) - len(replaced)
         if gallery_sum is not None:
             adjusted = self._rebuild_adjusted(original, gallery_sum)
-        next_state = GalleryState.create(
-            state.version + 1, catalog, original, adjusted, self._backend, state, gallery_sum
-        )
+        if with_backends:
+            next_state = GalleryState.create(
+                state.version + 1, catalog, original, adjusted, self._backend, state, gallery_sum
+            )
+        else:
+            next_state = GalleryState(
+                state.version + 1, catalog, original, adjusted, {}, gallery_sum
+            )
         deleted = len(change.ids) if isinstance(change, Delete) else 0
         updated = len(replaced) if isinstance(change, Upsert) else 0
         return next_state, ChangeResult(
             next_state.version, next_state.size, inserted, updated, deleted
         )
 
-    def _screen(self, state: GalleryState, change: Upsert, result: ChangeResult) -> ChangeResult:
-        """Warn about (or refuse) the change's items whose query-bank k-occurrence after the
-        change is an outlier among all gallery items' (robust z, zeros included).
+    def _suspects(self, state: GalleryState, rows: np.ndarray) -> Suspects | None:
+        """Which of ``rows`` of ``state`` are suspected hubs: their query-bank k-occurrence
+        is an outlier among all gallery items' (robust z, zeros included); O(|BQ|·k + n)."""
+        if self.screening is None:
+            return None
+        occurrence = state.original.query_top.occurrence(state.size, self.screening.k)
+        return suspected_hubs(occurrence, rows, self.screening.z)
 
-        O(|BQ|·k + n) on the state already built: the upserted items are its last rows.
+    def _screen(
+        self,
+        state: GalleryState,
+        change: Upsert,
+        result: ChangeResult,
+        first: int | None = None,
+        found: Suspects | None = None,
+    ) -> ChangeResult:
+        """Warn about (or refuse) the change's items that are suspected hubs after the change.
+
+        The upserted items are the rows from ``first`` of the state already built (by default
+        its last rows); ``found``: the suspects of a merged run of a group commit, screened
+        once for the whole run (the run's rows against the state after it).
         """
         if self.screening is None:
             return result
-        n, first = state.size, state.size - len(change.ids)
-        occurrence = state.original.query_top.occurrence(n, self.screening.k)
-        found = suspected_hubs(occurrence, np.arange(first, n), self.screening.z)
+        if first is None:
+            first = state.size - len(change.ids)
+        if found is None:
+            found = self._suspects(state, np.arange(first, first + len(change.ids)))
+            assert found is not None
+        mine = (found.rows >= first) & (found.rows < first + len(change.ids))
+        found = Suspects(found.rows[mine], found.occurrence[mine], found.z[mine])
         warnings = tuple(
             HubWarning(change.ids[row - first], int(count), float(z))
             for row, count, z in zip(found.rows, found.occurrence, found.z, strict=True)

@@ -1,9 +1,11 @@
-"""Durable gallery changes in SQLite: one transaction per change, snapshots as a table of items.
+"""Durable gallery changes in SQLite: one transaction per group of changes, snapshots as items.
 
 The store is one SQLite file, ``gallery.sqlite3``, in the gallery's directory under
-``HUBLESS_DATA_DIR``. Every acknowledged change is committed (``synchronous=FULL``) *before* it
-becomes visible, so a crash (even ``kill -9``) loses nothing acknowledged, and a change that
-fails (disk full included) rolls back whole: the store is exactly as before.
+``HUBLESS_DATA_DIR``. Changes that arrive while another commits share one transaction (group
+commit, :meth:`GalleryStore.append_many`). Every acknowledged change is committed
+(``synchronous=FULL``) *before* it becomes visible, so a crash (even ``kill -9``) loses nothing
+acknowledged, and a change that fails (disk full included) rolls back whole: the store is
+exactly as before.
 
 Why the rollback journal (``journal_mode=DELETE``) and not WAL: WAL recovery stops at the first
 frame whose checksum fails and silently drops every later frame, committed or not, so one
@@ -438,25 +440,36 @@ class GalleryStore:
     def append(self, change: Change) -> None:
         """Commit one change (durably) before the caller makes it visible; on any failure the
         store is unchanged and :class:`StorageError` says why (``full`` for disk full)."""
+        self.append_many([change])
+
+    def append_many(self, changes: Sequence[Change]) -> None:
+        """Commit ``changes`` (consecutive sequence numbers) in one transaction: a group commit
+        pays the fsyncs of one change for all of them. All or nothing, like :meth:`append`."""
+        if not changes:
+            return
         with self._lock:
             conn = self._connection()
-            row = change_row(self._head.head_seq + 1, change)
+            first = self._head.head_seq + 1
+            rows = [change_row(first + i, change) for i, change in enumerate(changes)]
             head = Head(
                 self._head.snapshot_seq,
                 self._head.snapshot_items,
                 self._head.snapshot_digest,
-                row[0],
+                rows[-1][0],
             )
             try:
                 with _transaction(conn):
-                    self._write(conn, row, head)
+                    for row in rows:
+                        self._write(conn, row, head)
             except (sqlite3.Error, OSError) as exc:
                 raise _storage_error(exc, self.path) from exc
             self._head = head
-            self._pending_bytes += len(row[5]) + len(row[2]) + len(row[3])
+            self._pending_bytes += sum(len(r[5]) + len(r[2]) + len(r[3]) for r in rows)
 
     def _write(self, conn: sqlite3.Connection, row: tuple, head: Head) -> None:
-        """The statements of one change (a seam for tests that inject write failures)."""
+        """The statements of one change row and the head after the transaction's last row (a
+        seam for tests that inject write failures); inside one transaction, so only the head
+        written last is ever read."""
         conn.execute("INSERT INTO changes VALUES (?, ?, ?, ?, ?, ?, ?)", row)
         _write_head(conn, head)
 

@@ -122,8 +122,8 @@ class _Log:
     def __init__(self) -> None:
         self.changes: list[object] = []
 
-    def append(self, change: object) -> None:
-        self.changes.append(change)
+    def append_many(self, changes: list[object]) -> None:
+        self.changes.extend(changes)
 
 
 def _anisotropic(rng: np.random.Generator, n: int, d: int = 64) -> np.ndarray:
@@ -168,6 +168,22 @@ def test_reject_changes_nothing() -> None:
     assert refused.value.field == "items"
     assert engine.state is before and engine._store.changes == []  # not logged, not swapped
     assert engine.upsert(["fine"], batch[:1], [None]).warnings == ()  # the rest still goes in
+
+
+def test_a_merged_group_warns_the_change_that_brought_the_hub_only() -> None:
+    """Three one-item upserts grouped into one run: the hub's caller gets the warning (as the
+    same items upserted as one batch do), the others none."""
+    from tests.engine.test_group_commit import _grouped
+
+    engine = _small_engine(reject=False)
+    ordinary = _anisotropic(np.random.default_rng(5), 3)
+    hub = injected_hub(engine.banks.query_bank)[None]
+    rows = {"a": ordinary[:1], "hub": hub, "b": ordinary[1:2]}
+    results = _grouped(
+        engine, [lambda i=i: engine.upsert([i], rows[i], [None]) for i in ("a", "hub", "b")]
+    )
+    assert [[w.id for w in r.warnings] for r in results] == [[], ["hub"], []]  # type: ignore[attr-defined]
+    assert len(engine._store.changes) == 3 and engine.state.ids[-3:] == ("a", "hub", "b")
 
 
 # ----------------------------------------------------------------------------- the demo

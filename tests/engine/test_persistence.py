@@ -156,10 +156,10 @@ def test_a_change_that_cannot_be_logged_is_not_applied(
     engine = load_engine(settings)
     before = engine.state
 
-    def full_disk(store: GalleryStore, change: object) -> None:
+    def full_disk(store: GalleryStore, changes: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(GalleryStore, "append", full_disk)
+    monkeypatch.setattr(GalleryStore, "append_many", full_disk)
     with pytest.raises(OSError, match="No space"):
         engine.delete([files.ids[0]])
     assert engine.state is before

@@ -94,11 +94,11 @@ def test_a_snapshot_never_sees_later_or_failed_changes() -> None:
     queries = _unit(rng, 4)
     answer = engine.search(queries, k=5, method="dualdis", invgc=True)
 
-    def failing_append(change: object) -> None:
+    def failing_append(changes: object) -> None:
         raise OSError(28, "No space left on device")
 
     class Store:  # a change log that refuses the write: the change must not become visible
-        append = staticmethod(failing_append)
+        append_many = staticmethod(failing_append)
 
     engine._store = Store()  # type: ignore[assignment]
     with pytest.raises(OSError):

@@ -1,0 +1,162 @@
+"""One-item changes over HTTP: upsert, delete and replacement latency, and concurrent writers.
+
+A ``hubless serve`` subprocess (:class:`benchmarks.load_test.Server`) serves a durable gallery
+(the SQLite store in its data dir, ``synchronous=FULL``) with LocalAdj InvGC on: 100k × 384
+synthetic unit vectors and synthetic banks of 10k each (issue 16), or the bundled 2000-item
+demo slice with ``--quick``. One keep-alive client sends one-item changes back to back
+(latency is the change's own: validation, the next state, hub screening, the durable commit,
+the swap), then 16 clients each upsert one item at a time for a few seconds (items/s).
+
+    python -m benchmarks.run --only writes [--quick]
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from itertools import count
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+
+from benchmarks.common import Row
+from benchmarks.load_test import Server, write_gallery
+
+SECTION = "writes"
+LATENCY_GOAL = 5.0  # ms, p50 of a one-item upsert / delete (issue 16)
+WRITERS = 16
+WRITERS_GOAL = 5000.0  # items/s for 16 one-item writers (issue 16)
+HEADERS = {"Content-Type": "application/json"}
+
+
+def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _gallery(directory: Path, quick: bool) -> dict[str, str]:
+    """The served files: the demo slice (quick) or 100k × 384 rows and banks of 10k each."""
+    env = write_gallery(directory, rows=2000, bank_rows=2000)
+    if not quick:
+        rng = np.random.default_rng(0)
+        np.save(env["HUBLESS_GALLERY"], _unit(rng, 100_000, 384))
+        np.save(env["HUBLESS_QUERY_BANK"], _unit(rng, 10_000, 384))
+        np.save(env["HUBLESS_GALLERY_BANK"], _unit(rng, 10_000, 384))
+        del env["HUBLESS_GALLERY_IDS"]  # ids are the row numbers
+    return env | {"HUBLESS_LOG_LEVEL": "WARNING", "HUBLESS_INVGC": "true"}
+
+
+class _Writer:
+    """Fresh ids and vectors for one-item changes, and the timed requests."""
+
+    def __init__(self, client: httpx.Client, dim: int, seed: int) -> None:
+        self.client, self.dim = client, dim
+        self.rng = np.random.default_rng(seed)
+        self._fresh = count()
+        self.seed = seed
+
+    def new_id(self) -> str:
+        return f"w{self.seed}-{next(self._fresh)}"
+
+    def upsert(self, item_id: str) -> float:
+        vector = _unit(self.rng, 1, self.dim)[0].tolist()
+        body = orjson.dumps({"items": [{"id": item_id, "embedding": vector}]})
+        return self._timed(lambda: self.client.put("/gallery", content=body, headers=HEADERS))
+
+    def delete(self, item_id: str) -> float:
+        return self._timed(lambda: self.client.delete(f"/gallery/{item_id}"))
+
+    @staticmethod
+    def _timed(send: Callable[[], httpx.Response]) -> float:
+        started = time.perf_counter()
+        response = send()
+        response.raise_for_status()
+        return time.perf_counter() - started
+
+
+def _latency_rows(writer: _Writer, changes: int, size: int) -> list[Row]:
+    """p50 / p99 of one-item upserts of new ids, replacements and deletes, back to back."""
+    for _ in range(3):  # warm-up
+        writer.upsert(writer.new_id())
+    inserted = [writer.new_id() for _ in range(changes)]
+    times = {
+        "upsert (new id)": [writer.upsert(i) for i in inserted],
+        "replacement (upsert of an existing id)": [writer.upsert(i) for i in inserted],
+        "delete": [writer.delete(i) for i in inserted],
+    }
+    rows = []
+    where = f"n = {size:,}, durable, LocalAdj InvGC on, {changes} changes"
+    for name, seconds in times.items():
+        p50, p99 = (float(np.percentile(seconds, q)) * 1e3 for q in (50, 99))
+        goal = None if name.startswith("replacement") else LATENCY_GOAL
+        rows.append(Row(SECTION, f"one-item {name}: HTTP p50", p50, "ms", goal, False, where))
+        rows.append(Row(SECTION, f"one-item {name}: HTTP p99", p99, "ms", detail=where))
+    return rows
+
+
+def _concurrent_rows(url: str, dim: int, seconds: float) -> list[Row]:
+    """``WRITERS`` clients each upserting one new item at a time for ``seconds``."""
+    done = [0] * WRITERS
+    errors: list[str] = []
+    start = threading.Barrier(WRITERS + 1)
+    deadline = [0.0]
+
+    def run(index: int) -> None:
+        with httpx.Client(base_url=url, timeout=60.0) as client:
+            writer = _Writer(client, dim, 1000 + index)
+            writer.upsert(writer.new_id())  # connect and warm up
+            start.wait()
+            while time.perf_counter() < deadline[0]:
+                try:
+                    writer.upsert(writer.new_id())
+                except httpx.HTTPError as exc:
+                    errors.append(repr(exc))
+                    return
+                done[index] += 1
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(WRITERS)]
+    for thread in threads:
+        thread.start()
+    deadline[0] = time.perf_counter() + 1e9
+    start.wait()
+    began = time.perf_counter()
+    deadline[0] = began + seconds
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    if errors:
+        raise RuntimeError(f"concurrent writers failed: {errors[:3]}")
+    total = sum(done)
+    return [
+        Row(
+            SECTION,
+            f"{WRITERS} concurrent one-item upserters",
+            total / elapsed,
+            "items/s",
+            WRITERS_GOAL,
+            True,
+            f"{total} upserts in {elapsed:.1f} s, each acknowledged once durable",
+        )
+    ]
+
+
+def measure(quick: bool) -> list[Row]:
+    changes, seconds = (30, 2.0) if quick else (200, 5.0)
+    with tempfile.TemporaryDirectory(prefix="bench-writes-") as tmp:
+        workdir = Path(tmp)
+        env = _gallery(workdir / "input", quick)
+        server = Server(workdir / "data", env).start()
+        try:
+            server.wait_ready(timeout=90 if quick else 600)  # the 100k precompute takes minutes
+            with httpx.Client(base_url=server.url, timeout=60.0) as client:
+                size = int(client.get("/gallery", params={"limit": 1}).json()["total"])
+                dim = int(np.load(env["HUBLESS_GALLERY"], mmap_mode="r").shape[1])
+                rows = _latency_rows(_Writer(client, dim, 0), changes, size)
+            rows += _concurrent_rows(server.url, dim, seconds)
+        finally:
+            server.stop()
+    return rows
