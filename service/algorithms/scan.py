@@ -32,6 +32,7 @@ from service.algorithms.blocks import (
     parallel_map,
     row_blocks,
     topk_desc,
+    work_dtype,
 )
 from service.algorithms.sinkhorn import DbsnWeights, dbsn_row_stat
 
@@ -193,13 +194,15 @@ def scan_bank(
 ) -> BankScan:
     """Compute the requested reductions of ``items · bankᵀ`` in row blocks (see :class:`BankScan`).
 
-    items: (n, d), bank: (N, d), both L2-normalised and of one float dtype. ``rows``: rows per
-    block (default: a 64 MiB block).
+    items: (n, d), bank: (N, d), both L2-normalised floats; float16 items (or bank) are computed
+    in float32 blocks (:func:`~service.algorithms.blocks.work_dtype`), and every result has the
+    work dtype. ``rows``: rows per block (default: a 64 MiB block).
     """
     n, N = items.shape[0], bank.shape[0]
-    dtype = items.dtype
+    dtype = work_dtype(np.promote_types(items.dtype, bank.dtype))
     if N == 0:
         return _empty_bank_scan(items, beta, mean_topk, neighbour_k, bank_topk, dbsn is not None)
+    bank = bank.astype(dtype, copy=False)  # float16 storage: widened once, not per block
     rows = rows or block_rows(N, dtype.itemsize)
     chunk = block_rows(N, dtype.itemsize, CHUNK_BYTES)
     per_row = _RowReductions(beta, tuple(mean_topk), neighbour_k, N, dbsn)
@@ -214,11 +217,11 @@ def scan_bank(
         out.topk_means[k] = np.empty(n, dtype)
     near_k = min(neighbour_k, N) if neighbour_k is not None else 0
     if neighbour_k is not None:
-        out.neighbour_sum = np.empty_like(items)
+        out.neighbour_sum = np.empty(items.shape, dtype)
     top = _BankTop(N, min(bank_topk, n), dtype) if bank_topk is not None else None
     report = _progress.get()
     for sl in row_blocks(n, rows):
-        sims = items[sl] @ bank.T  # (B, N); BLAS reads bankᵀ in place
+        sims = items[sl].astype(dtype, copy=False) @ bank.T  # (B, N); BLAS reads bankᵀ in place
         b = sims.shape[0]
         near_idx = np.empty((b, near_k), np.int64)
         near_val = np.empty((b, near_k), dtype)
@@ -252,14 +255,14 @@ def _empty_bank_scan(
     """The scan against an empty bank (a live query bank with no rows yet): it has no
     statistics, so every reduction is the neutral one (0: no bias, no push) and no bank item
     activates anything."""
-    n, dtype = items.shape[0], items.dtype
+    n, dtype = items.shape[0], work_dtype(items.dtype)
     out = BankScan(topk_means={k: np.zeros(n, dtype) for k in mean_topk})
     if beta is not None:
         out.log_mean_exp = np.zeros(n, dtype)
     if dbsn:
         out.dbsn = np.zeros(n, dtype)
     if neighbour_k is not None:
-        out.neighbour_sum = np.zeros_like(items)
+        out.neighbour_sum = np.zeros(items.shape, dtype)
     if bank_topk is not None:
         k = min(bank_topk, n)
         out.bank_top_idx, out.bank_top_sim = np.empty((0, k), np.int64), np.empty((0, k), dtype)
