@@ -1,14 +1,18 @@
 """Startup precompute: ``prepare_items`` against the bare matrix products it cannot avoid.
 
-Full run: gallery n = 100,000, banks 2 × 50,000, d = 512 float32, default NormParams and InvGC
-(LocalAdj, pool_rate 0.01: K = 500 neighbours per bank).
+Full run, two sizes (issue 16): gallery n = 20,000, banks 2 × 10,000, d = 256 and n = 100,000,
+banks 2 × 50,000, d = 512, float32, default NormParams (DBSN's Sinkhorn solve included), each
+twice: with the default settings (InvGC off) and with LocalAdj InvGC (pool_rate 0.01: K = 1% of
+a bank). ``HUBLESS_BENCH_PRECOMPUTE_SIZES=20000x256x10000`` picks sizes (``n×d×bank``, comma
+separated).
 
-What the baseline counts: the four dense products ``G·BQᵀ``, ``G·BGᵀ`` (the original view's stats
-and LocalAdj's neighbours) and ``G'·BQᵀ``, ``G'·BGᵀ`` (the adjusted view's stats), each n × N × d
-multiply-adds, computed in the same 64 MiB row blocks into one reused buffer and thrown away:
-4 · n · N · d = 10.2 T multiply-adds at full size. Not counted (they are the precompute's own
-work): the per-row reductions (log-mean-exp, top-k partitions), LocalAdj's sparse neighbour
-sums (n · K · d per bank, 1% of a product) and the activation top-1.
+What the baseline counts: the dense products ``G·BQᵀ``, ``G·BGᵀ`` (the original view's stats
+and LocalAdj's neighbours) and, with InvGC, ``G'·BQᵀ``, ``G'·BGᵀ`` (the adjusted view's stats),
+each n × N × d multiply-adds, computed in the same 64 MiB row blocks into one reused buffer and
+thrown away. Not counted (they are the precompute's own work): the per-row reductions
+(log-mean-exp, top-k selections, DBSN's row stat), LocalAdj's sparse neighbour sums (n · K · d
+per bank), the activation top-1 and DBSN's Sinkhorn solve (one |BG| × |BQ| product and its
+log-sum-exps per iteration; the detail column gives its time).
 
 Peak extra memory is tracemalloc's peak (numpy reports its buffers to it) during
 ``prepare_items``, above what was allocated before: the result (an adjusted copy of the gallery,
@@ -30,6 +34,7 @@ from benchmarks.common import Row
 from service.algorithms import Banks, InvGCParams, NormParams, prepare_items
 from service.algorithms.blocks import block_rows, row_blocks
 from service.algorithms.scan import scan_progress
+from service.algorithms.stats import dbsn_weights
 
 SECTION = "precompute"
 GIB = 1 << 30
@@ -52,14 +57,57 @@ def timed(fn: Callable[[], object]) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+FULL_SIZES = ((20_000, 256, 10_000), (100_000, 512, 50_000))
+QUICK_SIZES = ((3_000, 64, 1_500),)
+
+
+def sizes(quick: bool) -> tuple[tuple[int, int, int], ...]:
+    """(n, d, bank) of each run: the environment's choice, else the quick or full sizes."""
+    chosen = os.environ.get("HUBLESS_BENCH_PRECOMPUTE_SIZES")
+    if not chosen:
+        return QUICK_SIZES if quick else FULL_SIZES
+    parsed = [tuple(int(v) for v in size.split("x")) for size in chosen.split(",")]
+    return tuple((n, d, bank) for n, d, bank in parsed)
+
+
 def measure(quick: bool) -> list[Row]:
-    n, d, bank = (3_000, 64, 1_500) if quick else (100_000, 512, 50_000)
+    rows: list[Row] = []
+    for n, d, bank in sizes(quick):
+        rows += measure_size(n, d, bank)
+    return rows
+
+
+def measure_size(n: int, d: int, bank: int) -> list[Row]:
     rng = np.random.default_rng(0)
     banks = Banks(unit_rows(rng, bank, d), unit_rows(rng, bank, d))
     gallery = unit_rows(rng, n, d)
-    norm, invgc = NormParams(), InvGCParams()
+    norm = NormParams()
     size = f"n={n:,}, banks 2×{bank:,}, d={d}"
+    solve, _ = timed(lambda: dbsn_weights(banks.query_bank, banks.gallery_bank, norm))
+    # the default settings first (InvGC off: the original view's two products)
+    wall0, _ = timed(lambda: prepare_items(gallery, banks, norm, None))
+    base0 = min(timed(lambda: bare_products([gallery], banks))[0] for _ in range(2))
+    rows = [
+        Row(
+            SECTION,
+            f"prepare_items, defaults (DBSN T={norm.dbsn_iterations}, InvGC off) / its 2 products",
+            wall0 / base0,
+            "×",
+            1.5,
+            detail=(
+                f"prepare {wall0:.1f} s (Sinkhorn solve alone {solve:.1f} s), "
+                f"2 blocked products {base0:.1f} s; {size}"
+            ),
+        )
+    ]
+    return rows + _measure_invgc(gallery, banks, norm, size)
 
+
+def _measure_invgc(gallery: np.ndarray, banks: Banks, norm: NormParams, size: str) -> list[Row]:
+    """prepare_items with LocalAdj InvGC (four products), its memory, CPU use and progress."""
+    n, d = gallery.shape
+    bank = banks.sizes[0]
+    invgc = InvGCParams()
     reported = [0]
     result = {}
 
@@ -83,7 +131,7 @@ def measure(quick: bool) -> list[Row]:
     return [
         Row(
             SECTION,
-            "prepare_items (LocalAdj InvGC) / bare products",
+            "prepare_items (LocalAdj InvGC) / its 4 products",
             wall / base,
             "×",
             1.5,
@@ -101,7 +149,7 @@ def measure(quick: bool) -> list[Row]:
             detail=(
                 f"tracemalloc peak {peak / 2**20:,.0f} MiB, of which the adjusted gallery "
                 f"{adjusted.nbytes / 2**20:,.0f} MiB is kept; a full n×N block would be "
-                f"{n * bank * 4 / 2**20:,.0f} MiB"
+                f"{n * bank * 4 / 2**20:,.0f} MiB; {size}"
             ),
         ),
         Row(
@@ -109,7 +157,7 @@ def measure(quick: bool) -> list[Row]:
             "CPU use during prepare_items",
             cpu / wall,
             "cores",
-            detail=f"of {cores} cores ({cpu:.1f} CPU s in {wall:.1f} s wall)",
+            detail=f"of {cores} cores ({cpu:.1f} CPU s in {wall:.1f} s wall); {size}",
         ),
         Row(
             SECTION,

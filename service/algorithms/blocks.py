@@ -30,6 +30,13 @@ R = TypeVar("R")
 _pool: ThreadPoolExecutor | None = None
 
 
+def work_dtype(stored: np.dtype) -> np.dtype:
+    """The dtype blocks are computed in for arrays stored as ``stored``: float16 storage (half
+    the memory of a large gallery) is widened to float32 block by block, exactly (every
+    float16 is a float32), so results are exact for the stored values; wider types stay."""
+    return np.promote_types(stored, np.float32)
+
+
 def block_rows(columns: int, itemsize: int = 4, budget: int = DEFAULT_BLOCK_BYTES) -> int:
     """Rows per block so that a ``rows × columns`` block fits in ``budget`` bytes."""
     return max(1, budget // max(1, columns * itemsize))

@@ -32,6 +32,7 @@ from service.algorithms.blocks import (
     parallel_map,
     row_blocks,
     topk_desc,
+    work_dtype,
 )
 from service.algorithms.sinkhorn import DbsnWeights, dbsn_row_stat
 
@@ -115,14 +116,61 @@ class _RowReductions:
 
 
 def _largest(sims: np.ndarray, k: int, *, need_idx: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """The k largest values of each row (in no particular order) and, if asked, their columns."""
+    """The k largest values of each row (in no particular order) and, if asked, their columns.
+
+    A partition of every whole row costs several passes over it; instead a lower bound of each
+    row's k-th largest value is found first, and only the entries at or above it are
+    partitioned (:func:`_candidates`), which after one pass are a few more than k per row."""
     n = sims.shape[1]
     if k >= n:
         return sims, np.broadcast_to(np.arange(n), sims.shape) if need_idx else None
+    found = _candidates(sims, k)
+    if found is not None:
+        vals, idx = found
+        width = vals.shape[1]
+        if width > k:
+            keep = np.argpartition(vals, width - k, axis=1)[:, width - k :]
+            vals, idx = (np.take_along_axis(a, keep, axis=1) for a in (vals, idx))
+        return vals, idx if need_idx else None
     if not need_idx:  # values only: a partition moves floats, no index array
         return np.partition(sims, n - k, axis=1)[:, n - k :], None
     idx = np.argpartition(sims, n - k, axis=1)[:, n - k :]
     return np.take_along_axis(sims, idx, axis=1), idx
+
+
+#: Groups per top-k entry in :func:`_candidates` (more groups: a tighter bound, a larger
+#: partition of the group maxima).
+_GROUPS_PER_K = 4
+
+
+def _candidates(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each row's entries at or above a lower bound of its k-th largest value, as (B, c) values
+    and columns (rows with fewer than c padded with −inf at column 0), or None when the bound
+    does not pay (short rows, or too many candidates: ties, adversarial orders).
+
+    The bound: split the row's first ``m·L`` columns into m ≥ k disjoint groups of L (column
+    j's group is j mod m: the maxima are an elementwise max of L contiguous slices); the k-th
+    largest group maximum θ is at most the row's k-th largest value (those k maxima are k
+    distinct entries ≥ θ), so every top-k entry is ≥ θ. One pass for the maxima, one for the
+    comparison, and a partition of m values per row, instead of a partition of the row."""
+    rows, n = sims.shape
+    groups = _GROUPS_PER_K * k
+    width = n // groups
+    if width < 4 or rows == 0:
+        return None
+    maxima = sims[:, : groups * width].reshape(rows, width, groups).max(axis=1)
+    theta = np.partition(maxima, groups - k, axis=1)[:, groups - k]
+    flat = np.flatnonzero(sims >= theta[:, None])  # row-major: each row's columns in order
+    r, c = np.divmod(flat, n)
+    counts = np.bincount(r, minlength=rows)
+    most = int(counts.max())
+    if most * 4 > n:
+        return None
+    at = np.arange(r.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    vals = np.full((rows, most), -np.inf, sims.dtype)
+    idx = np.zeros((rows, most), np.int64)
+    vals[r, at], idx[r, at] = sims.ravel()[flat], c
+    return vals, idx
 
 
 def _mean_of_largest(vals: np.ndarray, k: int) -> np.ndarray:
@@ -146,13 +194,15 @@ def scan_bank(
 ) -> BankScan:
     """Compute the requested reductions of ``items · bankᵀ`` in row blocks (see :class:`BankScan`).
 
-    items: (n, d), bank: (N, d), both L2-normalised and of one float dtype. ``rows``: rows per
-    block (default: a 64 MiB block).
+    items: (n, d), bank: (N, d), both L2-normalised floats; float16 items (or bank) are computed
+    in float32 blocks (:func:`~service.algorithms.blocks.work_dtype`), and every result has the
+    work dtype. ``rows``: rows per block (default: a 64 MiB block).
     """
     n, N = items.shape[0], bank.shape[0]
-    dtype = items.dtype
+    dtype = work_dtype(np.promote_types(items.dtype, bank.dtype))
     if N == 0:
         return _empty_bank_scan(items, beta, mean_topk, neighbour_k, bank_topk, dbsn is not None)
+    bank = bank.astype(dtype, copy=False)  # float16 storage: widened once, not per block
     rows = rows or block_rows(N, dtype.itemsize)
     chunk = block_rows(N, dtype.itemsize, CHUNK_BYTES)
     per_row = _RowReductions(beta, tuple(mean_topk), neighbour_k, N, dbsn)
@@ -167,11 +217,11 @@ def scan_bank(
         out.topk_means[k] = np.empty(n, dtype)
     near_k = min(neighbour_k, N) if neighbour_k is not None else 0
     if neighbour_k is not None:
-        out.neighbour_sum = np.empty_like(items)
+        out.neighbour_sum = np.empty(items.shape, dtype)
     top = _BankTop(N, min(bank_topk, n), dtype) if bank_topk is not None else None
     report = _progress.get()
     for sl in row_blocks(n, rows):
-        sims = items[sl] @ bank.T  # (B, N); BLAS reads bankᵀ in place
+        sims = items[sl].astype(dtype, copy=False) @ bank.T  # (B, N); BLAS reads bankᵀ in place
         b = sims.shape[0]
         near_idx = np.empty((b, near_k), np.int64)
         near_val = np.empty((b, near_k), dtype)
@@ -205,14 +255,14 @@ def _empty_bank_scan(
     """The scan against an empty bank (a live query bank with no rows yet): it has no
     statistics, so every reduction is the neutral one (0: no bias, no push) and no bank item
     activates anything."""
-    n, dtype = items.shape[0], items.dtype
+    n, dtype = items.shape[0], work_dtype(items.dtype)
     out = BankScan(topk_means={k: np.zeros(n, dtype) for k in mean_topk})
     if beta is not None:
         out.log_mean_exp = np.zeros(n, dtype)
     if dbsn:
         out.dbsn = np.zeros(n, dtype)
     if neighbour_k is not None:
-        out.neighbour_sum = np.zeros_like(items)
+        out.neighbour_sum = np.zeros(items.shape, dtype)
     if bank_topk is not None:
         k = min(bank_topk, n)
         out.bank_top_idx, out.bank_top_sim = np.empty((0, k), np.int64), np.empty((0, k), dtype)

@@ -17,6 +17,7 @@ from service.algorithms.blocks import (
     parallel_map,
     row_blocks,
     topk_desc,
+    work_dtype,
 )
 from service.algorithms.normalisers import Normaliser, QueryPlan
 from service.algorithms.stats import NormParams
@@ -25,7 +26,7 @@ from service.algorithms.views import GalleryView
 
 def search_block_rows(view: GalleryView, m: int) -> int:
     """Gallery rows per block when scoring ``m`` queries (a 32 MiB block of scores)."""
-    return block_rows(max(m, 1), view.embeddings.dtype.itemsize, budget=32 * 1024 * 1024)
+    return block_rows(max(m, 1), work_dtype(view.embeddings.dtype).itemsize, budget=32 << 20)
 
 
 def top1_raw(queries: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
@@ -33,7 +34,7 @@ def top1_raw(queries: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
     m = queries.shape[0]
     best = np.full(m, -np.inf)
     arg = np.zeros(m, np.int64)
-    for sl in row_blocks(embeddings.shape[0], block_rows(m, embeddings.dtype.itemsize)):
+    for sl in row_blocks(embeddings.shape[0], block_rows(m, work_dtype(embeddings.dtype).itemsize)):
         sims = queries @ embeddings[sl].T
         blk_arg = sims.argmax(axis=1)
         blk_best = sims[np.arange(m), blk_arg]
@@ -54,7 +55,7 @@ def plan_queries(
 
 def score_block(queries: np.ndarray, view: GalleryView, plan: QueryPlan, rows: slice) -> np.ndarray:
     """(m, B) ranking scores (without the per-query offsets) of the gallery rows ``rows``."""
-    dtype = view.embeddings.dtype
+    dtype = work_dtype(view.embeddings.dtype)
     scores = queries @ view.embeddings[rows].T
     if plan.weight != 1.0:
         scores *= plan.weight
@@ -90,7 +91,7 @@ def search(
     patterns, pattern_of = np.unique(plan.coefficients, axis=0, return_inverse=True)
     biased = bool(np.any(patterns))
     idx = np.empty((m, 0), np.int64)
-    val = np.empty((m, 0), view.embeddings.dtype)
+    val = np.empty((m, 0), work_dtype(view.embeddings.dtype))
     for sl in row_blocks(view.size, search_block_rows(view, m)):
         if similarities is not None and sl == slice(0, view.size):
             sims = similarities

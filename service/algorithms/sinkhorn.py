@@ -12,7 +12,7 @@ column ``τ · logsumexp_b(log v_b + s(g, b)/τ)``.
 Blocked: the R×C similarity matrix is never built whole when it is large. Each pass over the
 gallery-bank rows does, per row block, the u-update of those rows with the current v and
 accumulates the column log-sum-exp that gives the next v, so T iterations take T passes (the
-first only accumulates: u starts uniform). If the float32 similarities fit
+first only accumulates: u starts uniform). If the similarities fit
 ``keep_bytes`` they are computed once and reused by every pass, otherwise each pass recomputes
 its block products (BLAS, the same cost as one scan of the gallery bank against the query bank).
 """
@@ -29,35 +29,32 @@ from service.algorithms.validation import check_count, check_positive
 
 #: Keep the float32 similarity blocks across passes when R×C·4 bytes fit this budget.
 KEEP_SIMILARITIES_BYTES = 256 * 1024 * 1024
-#: Rows of one float64 work block (bounds the temporaries to ~32 MiB per block).
+#: Rows of one work block (bounds each temporary to ~32 MiB per block).
 _WORK_BYTES = 32 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class _ColumnLSE:
-    """A running column-wise log-sum-exp: ``max`` and ``sum exp(x − max)`` per column."""
+def scaled_logsumexp(y: np.ndarray, tau: float, axis: int) -> np.ndarray:
+    """float64 ``τ · log Σ exp(y / τ)`` along ``axis``, the exponentials in ``y``'s dtype.
 
-    top: np.ndarray
-    total: np.ndarray
-
-    @classmethod
-    def of(cls, x: np.ndarray) -> _ColumnLSE:
-        top = x.max(axis=0)
-        return cls(top, np.exp(x - top).sum(axis=0))
-
-    def merge(self, other: _ColumnLSE) -> _ColumnLSE:
-        top = np.maximum(self.top, other.top)
-        total = self.total * np.exp(self.top - top) + other.total * np.exp(other.top - top)
-        return _ColumnLSE(top, total)
-
-    def value(self) -> np.ndarray:
-        return self.top + np.log(self.total)
+    Why in similarity units (``y = s + τ·log w``, O(1)) rather than ``s/τ + log w`` (O(1/τ)):
+    the rounding of ``y`` is then a few ulps of a similarity, carried to the result
+    unamplified, so the exponentials (the whole cost: one per similarity) run in the block's
+    float32 without float64 copies of it. The maximum is subtracted first (no overflow for any
+    τ); the logarithm is float64. Error for float32 ``y``: about ``eps32·(|y| + τ·log2 n)``
+    absolute (the rounding of ``y``, then the exponentials' and the pairwise sum's relative
+    rounding, which the τ·log turns into τ times that)."""
+    top = y.max(axis=axis, keepdims=True)
+    work = np.subtract(y, top)
+    np.multiply(work, work.dtype.type(1.0 / tau), out=work)
+    np.exp(work, out=work)
+    total = work.sum(axis=axis).astype(np.float64)  # pairwise: relative error ~eps·log2(n)
+    return np.squeeze(top, axis=axis).astype(np.float64) + tau * np.log(total)
 
 
-def row_logsumexp(x: np.ndarray) -> np.ndarray:
-    """``log Σ_j exp(x_ij)`` per row, float64, stable for any magnitude."""
-    top = x.max(axis=1)
-    return top + np.log(np.exp(x - top[:, None]).sum(axis=1))
+def _shifted(sims: np.ndarray, shift: np.ndarray, axis: int) -> np.ndarray:
+    """``sims + shift`` broadcast along ``axis`` (shift float64, cast to the block's dtype)."""
+    shift = shift.astype(sims.dtype, copy=False)
+    return sims + (shift[None, :] if axis == 1 else shift[:, None])
 
 
 def sinkhorn_log_v(
@@ -72,50 +69,56 @@ def sinkhorn_log_v(
     """(C,) float64 ``log v`` after ``iterations`` Sinkhorn iterations (see the module doc).
 
     gallery_bank: (R, d) rows, query_bank: (C, d) columns, both L2-normalised. ``rows``: rows
-    per block (default: a float64 work block of ~32 MiB), ``keep_bytes``: see the module doc.
+    per block (default: a work block of ~32 MiB), ``keep_bytes``: see the module doc.
+
+    Every log-sum-exp is taken in similarity units (:func:`scaled_logsumexp`): with
+    ``τ·log u = q + α`` and ``τ·log v = p + γ``, ``p = −τLSE_r((s + q)/τ)`` and
+    ``q = −τLSE_c((s + p)/τ)`` are the O(1) per-column/row parts the blocks see, and
+    α, γ the constants (``τ log a``, ``τ log b`` and the 1 of ``log K = (s − 1)/τ``).
     """
     check_positive("dbsn_tau", tau)
     check_count("dbsn_iterations", iterations)
     r, c = gallery_bank.shape[0], query_bank.shape[0]
     if c == 0:  # an empty (live) query bank: nothing to transport to, the term is absent
         return np.empty(0)
+    itemsize = gallery_bank.dtype.itemsize
     log_a, log_b = -math.log(r), -math.log(c)
-    rows = rows or block_rows(c, 8, _WORK_BYTES)
+    rows = rows or block_rows(c, itemsize, _WORK_BYTES)
     blocks = list(row_blocks(r, rows))
-    kept: list[np.ndarray] | None = [] if r * c * 4 <= keep_bytes else None
-    inv_tau = 1.0 / tau
-    chunk = block_rows(c, 8, CHUNK_BYTES)  # rows of one thread's share of a block
+    kept: list[np.ndarray] | None = [] if r * c * itemsize <= keep_bytes else None
+    chunk = block_rows(c, itemsize, CHUNK_BYTES)  # rows of one thread's share of a block
 
-    def block_logk(i: int, sl: slice) -> np.ndarray:
-        """(B, C) float64 ``log K = (s − 1)/τ`` of block i (products reused if kept)."""
+    def block_sims(i: int, sl: slice) -> np.ndarray:
+        """(B, C) similarities of block i (products reused if kept)."""
         if kept is not None and i < len(kept):
-            sims = kept[i]
-        else:
-            sims = gallery_bank[sl] @ query_bank.T
-            if kept is not None:
-                kept.append(sims)
-        return (sims.astype(np.float64) - 1.0) * inv_tau
+            return kept[i]
+        sims = gallery_bank[sl] @ query_bank.T
+        if kept is not None:
+            kept.append(sims)
+        return sims
 
-    log_v: np.ndarray | None = None
+    q_known, alpha, gamma = False, tau * log_a, 0.0  # u = a at the start: q = 0
+    p = np.empty(c)
     for _ in range(iterations):
-        acc: _ColumnLSE | None = None
+        if q_known:
+            alpha = tau * log_a + 1.0 - gamma
+        pieces: list[np.ndarray] = []  # per row chunk: its column τ·LSE of s + q
+
         for i, sl in enumerate(blocks):
-            log_k = block_logk(i, sl)
+            sims = block_sims(i, sl)
 
-            def part(p: slice, log_k=log_k, log_v=log_v) -> _ColumnLSE:
-                x = log_k[p]
-                if log_v is None:  # first iteration: u = a, uniform
-                    log_u = np.full(x.shape[0], log_a)
-                else:  # u ← a / (K v) for these rows, with the current v
-                    log_u = log_a - row_logsumexp(x + log_v)
-                return _ColumnLSE.of(x + log_u[:, None])
+            def piece(part: slice, sims=sims, p=p, q_known=q_known) -> np.ndarray:
+                x = sims[part]
+                if q_known:  # the rows' u-update with the current v
+                    q = -scaled_logsumexp(_shifted(x, p, axis=1), tau, axis=1)
+                    x = _shifted(x, q, axis=0)
+                return scaled_logsumexp(x, tau, axis=0)
 
-            for piece in parallel_map(part, row_blocks(log_k.shape[0], chunk)):
-                acc = piece if acc is None else acc.merge(piece)
-        assert acc is not None
-        log_v = log_b - acc.value()  # v ← b / (Kᵀu)
-    assert log_v is not None
-    return log_v
+            pieces.extend(parallel_map(piece, row_blocks(sims.shape[0], chunk)))
+        p = -scaled_logsumexp(np.stack(pieces), tau, axis=0)  # the chunks merged (float64)
+        gamma = tau * log_b + 1.0 - alpha
+        q_known = True
+    return (p + gamma) / tau
 
 
 @dataclass(frozen=True)
@@ -127,10 +130,10 @@ class DbsnWeights:
 
 
 def dbsn_row_stat(sims: np.ndarray, log_v: np.ndarray, tau: float) -> np.ndarray:
-    """(B,) ``τ · logsumexp_b(log v_b + s(g, b)/τ)`` of a block of similarities (B, C), summed
-    in float64. The item's score is ``s(q, g) − stat + 1 − τ log R`` = ``s + τ log u(g)``.
+    """(B,) float64 ``τ · logsumexp_b(log v_b + s(g, b)/τ)`` of a block of similarities (B, C),
+    the exponentials in the block's dtype (:func:`scaled_logsumexp` and its error bound).
+    The item's score is ``s(q, g) − stat + 1 − τ log R`` = ``s + τ log u(g)``.
     An empty query bank (no columns) has no term: 0."""
     if log_v.size == 0:
         return np.zeros(sims.shape[0])
-    x = sims.astype(np.float64) * (1.0 / tau) + log_v
-    return tau * row_logsumexp(x)
+    return scaled_logsumexp(_shifted(sims, tau * log_v, axis=1), tau, axis=1)

@@ -67,7 +67,8 @@ class NormParams:
     released DBNorm code uses 1/1.99 and 3. dis_topk: k of the DIS activation sets.
     nnn_topk / nnn_alpha: NNN's neighbour count and weight. csls_topk: CSLS neighbourhood.
     dbsn_tau / dbsn_iterations: DBSN's Sinkhorn temperature (> 0; 0.01 in the paper) and fixed
-    iteration count (1 … DBSN_MAX_ITERATIONS; one measured within 0.1 pt of ten).
+    iteration count (1 … DBSN_MAX_ITERATIONS; the default one measured within 0.1 pt of ten
+    on the demo and pydoc sets, at a tenth of the solve: docs/performance.md).
     """
 
     beta_query_bank: float = 1 / 1.99
@@ -77,7 +78,7 @@ class NormParams:
     nnn_alpha: float = 0.75
     csls_topk: int = 10
     dbsn_tau: float = 0.01
-    dbsn_iterations: int = 10
+    dbsn_iterations: int = 1
 
     def __post_init__(self) -> None:
         check_positive("beta_query_bank", self.beta_query_bank)

@@ -125,7 +125,13 @@ def test_dbsn_equals_the_float64_reference(demo, kind, invgc):
     got = method_search(backend, demo["queries"], "dbsn", K + 1)
     banks = demo["banks"]
     want = reference.dbsn_top(
-        view.embeddings, demo["queries"], banks.query_bank, banks.gallery_bank, K + 1
+        view.embeddings,
+        demo["queries"],
+        banks.query_bank,
+        banks.gallery_bank,
+        K + 1,
+        NORM.dbsn_tau,
+        NORM.dbsn_iterations,
     )
     assert_same_results(got, want)
 

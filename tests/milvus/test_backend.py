@@ -124,11 +124,12 @@ def test_dbsn_equals_the_float64_reference(invgc, parity, banks, queries, norm) 
     """SPEC's DBSN in float64 (tests/algorithms/reference.py) within TOL, through Milvus."""
     view, backend = parity[invgc]
     got = backend.search(queries, _plan("dbsn", view, backend, queries, norm), 10)
+    solve = (norm.dbsn_tau, norm.dbsn_iterations)
     want = reference.dbsn_top(
-        view.embeddings, queries, banks.query_bank, banks.gallery_bank, 10, norm.dbsn_tau
+        view.embeddings, queries, banks.query_bank, banks.gallery_bank, 10, *solve
     )
     dense = reference.dbsn_top(
-        view.embeddings, queries, banks.query_bank, banks.gallery_bank, view.size, norm.dbsn_tau
+        view.embeddings, queries, banks.query_bank, banks.gallery_bank, view.size, *solve
     )
     scores = np.empty((len(queries), view.size))
     np.put_along_axis(scores, dense[0], dense[1], axis=1)

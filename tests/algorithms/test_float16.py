@@ -1,0 +1,65 @@
+"""float16 storage: a gallery kept in float16 and computed in float32 blocks is exact for the
+stored (float16-rounded) values: every stat and every method's scores equal a float64
+reference computed from the same float16 values, within float32 rounding.
+
+Tolerance, from the maths: a float32 dot product of two d-vectors of norm ≤ 1 + 2⁻¹¹ (a unit
+vector rounded to float16) errs by at most about d·eps32; each stat column is, in score
+units, a Lipschitz function of the similarities with constant ≤ 3 (log-mean-exp divided by β,
+top-k means, DBSN's stat with T = 1: 2T + 1), plus a few eps32 of exp/log rounding, and a
+method's score is the similarity plus at most two such terms with coefficients ≤ 1: so
+8·(d + 8)·eps32 bounds every score on any BLAS kernel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.algorithms import METHODS, Banks, get_normaliser, plan_queries, prepare_items, search
+from service.algorithms.scan import scan_bank
+
+from .conftest import make_problem, small_params
+
+D = 32
+TOL = 8 * (D + 8) * np.finfo(np.float32).eps
+
+
+def _problem(seed: int):
+    p = make_problem(seed, n=40, d=D, nq=30, ng=25, m=12)
+    f32 = lambda x: x.astype(np.float32)  # noqa: E731
+    gallery16 = p.gallery.astype(np.float16)
+    banks32 = Banks(f32(p.query_bank), f32(p.gallery_bank))
+    banks64 = Banks(*(b.astype(np.float64) for b in (banks32.query_bank, banks32.gallery_bank)))
+    return gallery16, f32(p.queries), banks32, banks64
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_float16_gallery_is_exact_for_its_stored_values(seed):
+    gallery16, queries, banks32, banks64 = _problem(seed)
+    params = small_params(dbsn_iterations=1)
+    view16 = prepare_items(gallery16, banks32, params, None).original
+    view64 = prepare_items(gallery16.astype(np.float64), banks64, params, None).original
+    assert view16.embeddings.dtype == np.float16  # kept as stored, never widened whole
+    assert view16.stats.dtype == np.float32
+    np.testing.assert_allclose(view16.stats, view64.stats, rtol=0, atol=TOL)
+    for method in METHODS:
+        normaliser = get_normaliser(method)
+        plan16 = plan_queries(normaliser, queries, view16, params)
+        plan64 = plan_queries(normaliser, queries.astype(np.float64), view64, params)
+        idx, val = search(queries, view16, plan16, view16.size)
+        want = (
+            queries.astype(np.float64) @ view64.embeddings.T * plan64.weight
+            + plan64.coefficients @ view64.stats.T
+            + plan64.offsets[:, None]
+        )
+        np.testing.assert_allclose(val, np.take_along_axis(want, idx, axis=1), atol=TOL)
+        np.testing.assert_allclose(val, -np.sort(-want, axis=1), atol=TOL)
+
+
+def test_float16_scan_outputs_are_float32():
+    """The neighbour sums and bank top-k of a float16 scan come out in the work dtype."""
+    gallery16, _, banks32, _ = _problem(9)
+    scan = scan_bank(gallery16, banks32.query_bank, beta=1.0, neighbour_k=3, bank_topk=2)
+    assert scan.neighbour_sum.dtype == np.float32
+    assert scan.bank_top_sim.dtype == np.float32
+    assert scan.log_mean_exp.dtype == np.float32
