@@ -229,10 +229,8 @@ def load_engine(settings: Settings, opened: OpenedStore | None = None) -> Engine
     def cache_snapshot(state: GalleryState) -> None:
         """The next start loads this snapshot: store its precompute (the served views) now."""
         if settings.cache:
-            key, views = (
-                cache_key(state.original.embeddings),
-                PreparedItems(state.original, state.adjusted),
-            )
+            key = cache_key(state.original.embeddings)
+            views = PreparedItems(state.original, state.adjusted)
             cache.save(cache_dir, key, views, engine.banks, norm)
             cache.keep_only(cache_dir, key)  # the entries of older galleries: never loaded again
 
