@@ -329,9 +329,15 @@ def test_sigkill_mid_group_commit_loses_no_acknowledged_change(tmp_path: Path) -
             acked = {i for w in writers for i in w.upserted}
             deleted = {i for w in writers for i in w.deleted}
             in_flight = {w.in_flight.ids[0] for w in writers if w.in_flight is not None}
-            assert acked <= set(served) and not deleted & set(served)
+            # an acknowledged item whose delete was in flight at the kill may be gone or not
+            deleting = {
+                w.in_flight.ids[0]
+                for w in writers
+                if w.in_flight is not None and w.in_flight.vectors is None
+            }
+            assert acked - deleting <= set(served) and not deleted & set(served)
             assert set(served) <= set(start.items) | acked | in_flight
-            for item_id in sorted(acked)[::7]:
+            for item_id in sorted(acked - deleting)[::7]:
                 body = client.get(f"/gallery/{item_id}", params={"embedding": "true"}).json()
                 np.testing.assert_allclose(body["embedding"], known[item_id], atol=1e-6)
             recovered = Gallery({i: known[i] for i in served})
