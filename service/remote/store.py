@@ -341,7 +341,13 @@ class RemoteStore:
                 self.client.upsert(self.name("state"), rows)
 
     def get_state(self, key: str) -> Any | None:
-        rows = self.states(f"{KEY} == {literal(key)}")
+        with _unavailable("reading shared state"):
+            rows = self.client.query(
+                self.name("state"),
+                filter=f"{KEY} == {literal(key)}",
+                output_fields=[VALUE],
+                limit=1,
+            )
         return rows[0][VALUE] if rows else None
 
     def states(self, expr: str) -> list[dict[str, Any]]:

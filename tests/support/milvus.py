@@ -66,7 +66,9 @@ def environment(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUBLESS_")}
     for name, value in settings.model_dump(exclude_unset=True).items():
         if value is not None:
-            env[f"HUBLESS_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+            env[f"HUBLESS_{name.upper()}"] = (
+                str(value).lower() if isinstance(value, bool) else str(value)
+            )
     env["HUBLESS_LOG_LEVEL"] = "WARNING"
     env.update(extra)
     return env
