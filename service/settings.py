@@ -236,11 +236,6 @@ class Settings(BaseSettings):
                 )
         if self.backend == "milvus":
             self._check_milvus()
-        if self.live_query_bank and self.read_only:
-            raise ValueError(
-                "HUBLESS_LIVE_QUERY_BANK rewrites every statistic: turn it on at the writer, "
-                "not on a read-only replica (HUBLESS_MILVUS_READ_ONLY=true)"
-            )
         return self
 
     def _check_milvus(self) -> None:
@@ -251,7 +246,10 @@ class Settings(BaseSettings):
                 "adjusted item depends on the whole gallery's mean): use local"
             )
         if self.live_query_bank:
-            raise ValueError("HUBLESS_LIVE_QUERY_BANK is refused with HUBLESS_BACKEND=milvus")
+            raise ValueError(
+                "HUBLESS_LIVE_QUERY_BANK is refused with HUBLESS_BACKEND=milvus (the query "
+                "bank is fixed there: every process must derive the same statistics from it)"
+            )
 
     def _check_banks(self) -> None:
         """The banks must come from where the gallery does: the demo banks only ever serve the

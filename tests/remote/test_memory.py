@@ -41,8 +41,10 @@ def test_rss_stays_flat_while_50k_items_are_added(
         total = writer.http.get("/readyz").json()["gallery_size"]
         assert total == len(demo.ids) + ITEMS
         grown = (writer.rss_mb() - baseline[0], reader.rss_mb() - baseline[1])
-        print(f"RSS growth over {ITEMS - WARMUP * BATCH} items: writer {grown[0]:.1f} MB, "
-              f"reader {grown[1]:.1f} MB")
+        print(
+            f"RSS growth over {ITEMS - WARMUP * BATCH} items: writer {grown[0]:.1f} MB, "
+            f"reader {grown[1]:.1f} MB"
+        )
         assert abs(grown[0]) <= FLAT_MB and abs(grown[1]) <= FLAT_MB
     finally:
         writer.stop()
