@@ -87,7 +87,7 @@ class Served:
         return np.array(flags, dtype=bool).reshape(len(top1), 2)
 
 
-def _padded(queries: np.ndarray) -> np.ndarray:
+def padded(queries: np.ndarray) -> np.ndarray:
     """``[q, 0…]``: a raw inner-product search of the d+5 rows."""
     return np.hstack([queries, np.zeros((queries.shape[0], 5), queries.dtype)])
 
@@ -241,7 +241,7 @@ class RemoteEngine:
         visible = f"{SEQ} <= {served.version}"
         activated = None
         if normaliser.dynamic:  # the raw top-1 over the whole gallery (a filter never gates it)
-            top1 = self.store.search(view, _padded(queries), 1, visible)
+            top1 = self.store.search(view, padded(queries), 1, visible)
             activated = served.activation(view, [h[0].id if h else None for h in top1])
         plan = normaliser.plan(self.norm, self.banks.sizes, queries.shape[0], activated)
         expr = both(visible, milvus_filter(json.loads(where_key)) if where_key else None)
@@ -459,7 +459,7 @@ class RemoteEngine:
     def _scan(self, view: str, bank_rows: np.ndarray, k: int, active: int, expr: str) -> IdTopK:
         """Bank items' top-k over the stored gallery of ``view`` (a raw Milvus search)."""
         out = IdTopK.empty(bank_rows.shape[0], k, active)
-        for row, hits in enumerate(self.store.search(view, _padded(bank_rows), k, expr)):
+        for row, hits in enumerate(self.store.search(view, padded(bank_rows), k, expr)):
             out.ids[row, : len(hits)] = [h.id for h in hits]
             out.sims[row, : len(hits)] = [h.distance for h in hits]
         return out

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from engine import DemoFiles, demo_queries
 
-from service.algorithms import METHODS, check_embeddings
+from service.algorithms import METHODS, InputError, check_embeddings
 from service.backends.base import BackendUnavailable
 from service.engine import Engine, SearchResult, SuspectedHubError, UnknownIdError
 from service.engine.startup import load_engine
@@ -219,3 +219,25 @@ def test_the_lease_refuses_a_second_writer_until_it_expires(
         first.check()
     second.release()
     store.drop()
+
+
+def test_diagnostics_equal_the_exact_engine(pair: tuple[Engine, RemoteEngine]) -> None:
+    """Hubness per method and view from the same probes, and Δdeg over every item (the sample
+    covers the gallery), as the exact engine computes them."""
+    from service.engine import diagnose
+
+    exact, remote = pair
+    probes = exact.banks.query_bank[:50]
+    options = {"k": 10, "probe_source": "query_bank", "degeneration_sample": 10_000}
+    a, b = diagnose(exact, probes, **options), diagnose(remote, probes, **options)
+    assert (b.version, b.gallery_size, b.bank_sizes) == (a.version, a.gallery_size, a.bank_sizes)
+    for invgc in (False, True):
+        assert b.degeneration[invgc].items == a.degeneration[invgc].items
+        assert b.degeneration[invgc].value == pytest.approx(a.degeneration[invgc].value, abs=1e-5)
+    for x, y in zip(a.methods, b.methods, strict=True):
+        assert (x.method, x.invgc) == (y.method, y.invgc)
+        assert y.hubness.as_dict() == pytest.approx(x.hubness.as_dict(), abs=1e-9)
+        assert y.histogram == x.histogram
+        assert [h.occurrence for h in y.hubs] == [h.occurrence for h in x.hubs]
+    with pytest.raises(InputError):
+        diagnose(remote, probes, truth_ids=["x"] * 50, **options)
