@@ -28,6 +28,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -116,6 +117,8 @@ class RemoteStore:
             )
         self.uri, self.prefix, self.dim, self.index = uri, prefix, dim, index
         self.fingerprint = fingerprint
+        if "://" not in uri:  # a milvus-lite file: its folder must exist
+            Path(uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
         try:
             self.client = MilvusClient(uri=uri, token=token or "")
         except MilvusException as exc:

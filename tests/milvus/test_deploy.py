@@ -1,6 +1,7 @@
 """deploy/milvus and docs/milvus.md stay consistent with the code: one writer, read-only
-readers sharing nothing but Milvus, writes routed to the writer, every HUBLESS_* variable a real setting, and the settings
-table of docs/milvus.md naming the real Milvus settings with their real defaults."""
+readers sharing nothing but Milvus, writes routed to the writer, every HUBLESS_* variable a
+real setting, and the settings table of docs/milvus.md naming the real Milvus settings with
+their real defaults."""
 
 from __future__ import annotations
 

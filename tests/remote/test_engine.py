@@ -74,7 +74,8 @@ def _assert_close(a: SearchResult, b: SearchResult, tol: float, d: int) -> None:
 def _assert_equal_engines(exact: Engine, remote: RemoteEngine, queries: np.ndarray) -> None:
     assert (remote.version, remote.size) == (exact.state.version, exact.state.size)
     d = exact.dim
-    for method, invgc in itertools.product(METHODS, (False, True)):
+    views = (False, True) if exact.invgc is not None else (False,)
+    for method, invgc in itertools.product(METHODS, views):
         a = exact.search(queries, k=10, method=method, invgc=invgc)
         b = remote.search(queries, k=10, method=method, invgc=invgc)
         _assert_close(a, b, _tolerance(exact, method, invgc, d), d)
@@ -241,3 +242,23 @@ def test_diagnostics_equal_the_exact_engine(pair: tuple[Engine, RemoteEngine]) -
         assert [h.occurrence for h in y.hubs] == [h.occurrence for h in x.hubs]
     with pytest.raises(InputError):
         diagnose(remote, probes, truth_ids=["x"] * 50, **options)
+
+
+def test_invgc_off_serves_the_original_collection_only(
+    demo: DemoFiles, milvus_uri: str, tmp_path: Path
+) -> None:
+    exact = load_engine(demo.settings(tmp_path / "exact", invgc=False))
+    remote = _remote(demo, tmp_path / "w", milvus_uri, "noinvgc", invgc=False)
+    try:
+        assert remote.views == (ORIGINAL,)
+        queries = _unit(demo_queries(8, start=280)[0])
+        rows = _unit(demo_queries(3, start=0)[0])
+        for engine in (exact, remote):
+            engine.upsert(["a", "b", demo.ids[5]], rows, [None] * 3)
+            engine.delete(demo.ids[:10])
+        _assert_equal_engines(exact, remote, queries)
+        with pytest.raises(InputError, match="InvGC is not enabled"):
+            remote.search(queries, k=5, method="raw", invgc=True)
+    finally:
+        remote.close()
+        remote.store.drop()
