@@ -232,6 +232,8 @@ class RemoteEngine:
     ) -> SearchResult:
         """As :meth:`service.engine.Engine.search`, on Milvus (``where_key``, the filter's
         canonical JSON, is translated to a Milvus expression; ``where`` is not used)."""
+        if where is not None and where_key is None:
+            raise InputError("filter", "a filter needs its JSON form with the milvus backend")
         served = self._served  # one version for the whole search
         view = self._view(invgc)
         normaliser = get_normaliser(method)
@@ -245,8 +247,6 @@ class RemoteEngine:
             activated = served.activation(view, [h[0].id if h else None for h in top1])
         plan = normaliser.plan(self.norm, self.banks.sizes, queries.shape[0], activated)
         expr = both(visible, milvus_filter(json.loads(where_key)) if where_key else None)
-        if where is not None and where_key is None:
-            raise InputError("filter", "a filter needs its JSON form with the milvus backend")
         fields = [METADATA] if with_metadata else []
         found = self.store.search(view, plan.query_coordinates(queries), k + offset, expr, fields)
         found = [hits[offset:] for hits in found]
@@ -287,7 +287,8 @@ class RemoteEngine:
         served = self._served
         if committed is None or committed.version == served.version:
             return False
-        since = served.version if committed.version > served.version else -1
+        # a process at version 0 (starting) or ahead of Milvus (collections rebuilt) reads all
+        since = served.version if 0 < served.version < committed.version else -1
         tops = dict(served.tops) if since >= 0 else self._empty_tops()
         updates: dict[Key, list[tuple[int, dict]]] = {}
         for view, bank, chunk, value in self.store.bank_chunks(since):

@@ -387,7 +387,9 @@ class RemoteStore:
     ) -> None:
         """Each bank item's top-k gallery ids (object array, None where the gallery has fewer
         than k items) and similarities ((N, k) float32), as rows of :data:`BANK_CHUNK` bank
-        items; ``chunks``: only those chunk numbers (the ones a change touched)."""
+        items; ``chunks``: only those chunk numbers (the ones a change touched). ``seq``: the
+        version these rows belong to (readers at an older version reload rows newer than it;
+        a process that starts reads them all)."""
         n = ids_matrix.shape[0]
         numbers = range((n + BANK_CHUNK - 1) // BANK_CHUNK) if chunks is None else sorted(chunks)
         items = []
