@@ -118,7 +118,7 @@ def test_remote_engine_equals_the_exact_engine_through_changes(
         ids = exact.state.id_array
         for bank, top in ((QUERY, state.query_top), (GALLERY, state.gallery_top)):
             want = set(ids[np.flatnonzero(top.activated(state.size))].tolist())
-            assert remote._served.tops[(view, bank)].activated == want
+            assert remote.served.tops[(view, bank)].activated == want
     assert remote.item(demo.ids[50]) == exact.item(demo.ids[50])
     with pytest.raises(UnknownIdError):
         remote.delete(["no such id"])

@@ -109,8 +109,7 @@ def _await_version(readers: list[Serve], version: int, since: float) -> float:
 
 def test_readers_follow_the_writer_exactly(cluster: Cluster) -> None:
     early = cluster.start("reader0", read_only=True, wait=False)  # before the writer: waits
-    time.sleep(2.0)
-    assert early.http.get("/readyz").status_code == 503
+    assert early.readyz_status() == 503
     writer = cluster.start("writer")
     readers = [cluster.start("reader1", read_only=True), early]
     early.wait_ready()
