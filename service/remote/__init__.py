@@ -1,0 +1,1 @@
+"""``HUBLESS_BACKEND=milvus``: Milvus as the system of record (store, engine, follower, lease)."""
