@@ -39,7 +39,7 @@ import os
 import sqlite3
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -442,9 +442,16 @@ class GalleryStore:
         store is unchanged and :class:`StorageError` says why (``full`` for disk full)."""
         self.append_many([change])
 
-    def append_many(self, changes: Sequence[Change]) -> None:
+    def append_many(
+        self, changes: Sequence[Change], before_commit: Callable[[], None] | None = None
+    ) -> None:
         """Commit ``changes`` (consecutive sequence numbers) in one transaction: a group commit
-        pays the fsyncs of one change for all of them. All or nothing, like :meth:`append`."""
+        pays the fsyncs of one change for all of them. All or nothing, like :meth:`append`.
+
+        ``before_commit`` runs once the changes are written, before the transaction commits
+        (the engine commits its backends' external writes there): if it raises, the store
+        rolls back and is unchanged, so a change is never logged without having been applied.
+        """
         if not changes:
             return
         with self._lock:
@@ -461,6 +468,8 @@ class GalleryStore:
                 with _transaction(conn):
                     for row in rows:
                         self._write(conn, row, head)
+                    if before_commit is not None:
+                        before_commit()
             except (sqlite3.Error, OSError) as exc:
                 raise _storage_error(exc, self.path) from exc
             self._head = head

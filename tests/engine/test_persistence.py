@@ -17,8 +17,7 @@ from service.engine import Engine
 from service.engine.persistence import DB_NAME, GalleryStore
 from service.engine.startup import load_engine
 from service.settings import Settings
-
-from . import DemoFiles, demo_queries, write_demo_slices
+from tests.support.demo import DemoFiles, demo_queries, write_demo_slices
 
 METHODS = ("raw", "dualdis", "csls")  # the static, dynamic and weighted paths
 
@@ -156,7 +155,7 @@ def test_a_change_that_cannot_be_logged_is_not_applied(
     engine = load_engine(settings)
     before = engine.state
 
-    def full_disk(store: GalleryStore, changes: object) -> None:
+    def full_disk(store: GalleryStore, changes: object, before_commit: object = None) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(GalleryStore, "append_many", full_disk)

@@ -19,16 +19,16 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
-from api import assert_error, demo_rows, put, running, search
-from engine import DemoFiles, demo_queries, write_demo_slices, write_gallery
 from fastapi.testclient import TestClient
 from pymilvus.exceptions import MilvusException
 
 from service.algorithms import METHODS
+from service.algorithms.augment import view_coordinates
 from service.backends import milvus as milvus_module
 from service.backends.milvus import MilvusBackend, id_filter, milvus_client
 from service.engine import Engine
-from service.export.augment import view_coordinates
+from tests.support.api import assert_error, demo_rows, put, running, search
+from tests.support.demo import DemoFiles, demo_queries, write_demo_slices, write_gallery
 
 TOL = 1e-5
 K = 10
