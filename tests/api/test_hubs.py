@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.adversarial_hubs import injected_hub
+from service.evaluation.adversarial import injected_hub
 from tests.support.api import Serve, assert_error
 from tests.support.demo import DEMO_DIR, DemoFiles
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.adversarial_hubs import injected_hub, run_attack, settings_for
 from service.algorithms import (
     Banks,
     BankTopK,
@@ -26,6 +25,7 @@ from service.backends import backend_factory
 from service.datasets.build import load_dataset
 from service.engine import Engine, SuspectedHubError
 from service.engine.startup import load_engine
+from service.evaluation.adversarial import injected_hub, run_attack, settings_for
 from service.settings import DEMO_DIR, Settings
 from tests.support.demo import write_demo_slices
 
