@@ -127,7 +127,7 @@ def test_search_equals_exact_backend(method, invgc, parity, gallery, queries, no
 
 @pytest.mark.parametrize("invgc", [False, True], ids=["original", "invgc"])
 def test_dbsn_equals_the_float64_reference(invgc, parity, banks, queries, norm) -> None:
-    """SPEC's DBSN in float64 (tests/algorithms/reference.py) within TOL, through Milvus."""
+    """SPEC's DBSN in float64 (tests/support/reference.py) within TOL, through Milvus."""
     view, backend = parity[invgc]
     got = method_search(backend, queries, "dbsn", norm, 10)
     solve = (norm.dbsn_tau, norm.dbsn_iterations)
