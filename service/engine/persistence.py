@@ -464,13 +464,20 @@ class GalleryStore:
                 self._head.snapshot_digest,
                 rows[-1][0],
             )
+            failed: list[BaseException] = []  # before_commit's own error is not the store's
             try:
                 with _transaction(conn):
                     for row in rows:
                         self._write(conn, row, head)
                     if before_commit is not None:
-                        before_commit()
+                        try:
+                            before_commit()
+                        except BaseException as exc:
+                            failed.append(exc)
+                            raise
             except (sqlite3.Error, OSError) as exc:
+                if failed:
+                    raise
                 raise _storage_error(exc, self.path) from exc
             self._head = head
             self._pending_bytes += sum(len(r[5]) + len(r[2]) + len(r[3]) for r in rows)

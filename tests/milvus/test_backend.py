@@ -407,3 +407,33 @@ def test_whole_demo_gallery(tmp_path: Path, index: str) -> None:
                     [len(set(a) & set(b)) / 10 for a, b in zip(expected[0], got[0], strict=True)]
                 )
                 assert overlap > 0.9
+
+
+def test_construction_writes_nothing_commit_writes(uri, parity, gallery) -> None:
+    """No external write in a constructor: the collection appears only at ``commit``."""
+    view, _ = parity[False]
+    backend = MilvusBackend(view, gallery[0], None, uri=uri, collection="lazy", kind="original")
+    assert backend.sync is None
+    assert not milvus_client(uri).has_collection("lazy_original")
+    backend.commit()
+    assert _count(uri, "lazy_original") == len(gallery[0])
+    backend.commit()  # once only
+    assert backend.sync is not None and backend.sync.upserted == len(gallery[0])
+
+
+def test_a_change_the_log_refuses_never_reaches_milvus(engine_factory, uri, gallery) -> None:
+    """The backends commit inside the log's transaction: a log that fails first (disk full
+    on the insert) leaves Milvus as it was, and the engine too."""
+    engine = engine_factory("refused", None)
+
+    class Refusing:
+        due_for_compaction = False
+
+        def append_many(self, changes: object, before_commit: object = None) -> None:
+            raise OSError(28, "No space left on device")
+
+    engine._store = Refusing()  # type: ignore[assignment]
+    with pytest.raises(OSError, match="No space"):
+        engine.upsert(["new"], _demo("val_gallery.npy", 1), [None])
+    assert engine.state.version == 1
+    assert _count(uri, "refused_original") == len(gallery[0])
