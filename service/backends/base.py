@@ -25,6 +25,11 @@ import numpy as np
 from service.algorithms import GalleryView, Normaliser, NormParams, QueryPlan
 from service.algorithms.planning import plan_for
 
+#: (n,) bool rows a search may return (a metadata filter), None: all
+Mask = np.ndarray | None
+#: (m, k') rows, best first, and their reported scores (float64, offsets included)
+Ranked = tuple[np.ndarray, np.ndarray]
+
 
 class BackendUnavailable(RuntimeError):
     """An external index (Milvus) failed or could not be reached. Nothing was changed in the
@@ -111,12 +116,7 @@ class SearchBackend(ABC):
 
     @abstractmethod
     def _ranked(
-        self,
-        queries: np.ndarray,
-        plan: QueryPlan,
-        k: int,
-        allowed: np.ndarray | None,
-        raw: RawTop1 | None,
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, queries: np.ndarray, plan: QueryPlan, k: int, allowed: Mask, raw: RawTop1 | None
+    ) -> Ranked:
         """(m, k') rows, best first, and their reported scores under ``plan``; ``raw``: this
         search's raw top-1 pass, if it ran."""

@@ -13,7 +13,7 @@ import numpy as np
 
 from service.algorithms import QueryPlan, search, top1_raw
 from service.algorithms.scoring import search_block_rows
-from service.backends.base import RawTop1, SearchBackend
+from service.backends.base import Mask, Ranked, RawTop1, SearchBackend
 
 
 class ExactBackend(SearchBackend):
@@ -27,12 +27,7 @@ class ExactBackend(SearchBackend):
         return RawTop1(product.argmax(axis=1), product)
 
     def _ranked(
-        self,
-        queries: np.ndarray,
-        plan: QueryPlan,
-        k: int,
-        allowed: np.ndarray | None,
-        raw: RawTop1 | None,
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, queries: np.ndarray, plan: QueryPlan, k: int, allowed: Mask, raw: RawTop1 | None
+    ) -> Ranked:
         product = None if raw is None else raw.product
         return search(queries, self.view, plan, k, similarities=product, allowed=allowed)

@@ -44,7 +44,7 @@ import numpy as np
 from service.algorithms import STAT_COLUMNS, GalleryView, QueryPlan, search, top1_raw
 from service.algorithms.augment import plan_coordinates
 from service.algorithms.blocks import block_rows, row_blocks
-from service.backends.base import RawTop1, SearchBackend
+from service.backends.base import Mask, Ranked, RawTop1, SearchBackend
 
 #: Rebuild an HNSW index from scratch once this share of its slots are tombstones.
 REBUILD_DEAD_SHARE = 0.25
@@ -282,13 +282,8 @@ class FaissBackend(SearchBackend):
         return dist, slots
 
     def _ranked(
-        self,
-        queries: np.ndarray,
-        plan: QueryPlan,
-        k: int,
-        allowed: np.ndarray | None,
-        raw: RawTop1 | None,
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, queries: np.ndarray, plan: QueryPlan, k: int, allowed: Mask, raw: RawTop1 | None
+    ) -> Ranked:
         available = self.view.size if allowed is None else int(np.count_nonzero(allowed))
         m, k = queries.shape[0], min(k, available)
         if k == 0:

@@ -42,7 +42,7 @@ from pymilvus.exceptions import MilvusException
 from service.algorithms import GalleryView, QueryPlan, top1_raw
 from service.algorithms import search as exact_search
 from service.algorithms.augment import EXTRA_DIMS, plan_coordinates, view_coordinates
-from service.backends.base import BackendUnavailable, RawTop1, SearchBackend
+from service.backends.base import BackendUnavailable, Mask, Ranked, RawTop1, SearchBackend
 
 log = logging.getLogger(__name__)
 
@@ -512,13 +512,8 @@ class MilvusBackend(SearchBackend):
     # --- searching ---------------------------------------------------------------------------
 
     def _ranked(
-        self,
-        queries: np.ndarray,
-        plan: QueryPlan,
-        k: int,
-        allowed: np.ndarray | None,
-        raw: RawTop1 | None,
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, queries: np.ndarray, plan: QueryPlan, k: int, allowed: Mask, raw: RawTop1 | None
+    ) -> Ranked:
         coords = plan_coordinates(plan, queries.astype(np.float32, copy=False))
         if allowed is not None:
             k = min(k, int(np.count_nonzero(allowed)))
