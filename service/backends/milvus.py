@@ -386,6 +386,7 @@ class MilvusBackend(SearchBackend):
             self.sync = self._write(self._reconcile, "reconcile", started)
         else:
             self.sync = self._write(lambda: self._apply(*difference), "diff", started)
+        self._base = self._difference = None  # holding the previous backend would chain them all
 
     # --- which collection --------------------------------------------------------------------
 

@@ -7,6 +7,8 @@ test uses its own collection prefix.
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -437,3 +439,13 @@ def test_a_change_the_log_refuses_never_reaches_milvus(engine_factory, uri, gall
         engine.upsert(["new"], _demo("val_gallery.npy", 1), [None])
     assert engine.state.version == 1
     assert _count(uri, "refused_original") == len(gallery[0])
+
+
+def test_a_committed_backend_lets_its_predecessor_go(engine_factory) -> None:
+    """Once committed, a backend holds no reference to the one it diffed from: a chain of
+    states does not keep every past view alive."""
+    engine = engine_factory("chain", None)
+    first = weakref.ref(engine.state.backends[False])
+    engine.upsert(["chained"], _demo("val_gallery.npy", 1), [None])
+    gc.collect()
+    assert first() is None
