@@ -31,7 +31,6 @@ from service.algorithms import (
     InvGCParams,
     NormParams,
     check_embeddings,
-    get_normaliser,
     prepare_items,
 )
 from service.backends import ExactBackend, SearchBackend
@@ -77,12 +76,7 @@ def jittered(base: np.ndarray, n: int, scale: float = 0.5, seed: int = 0) -> np.
 
 def top_rows(backend: SearchBackend, queries: np.ndarray, method: str) -> np.ndarray:
     """The top-K rows of ``method`` as the engine asks the backend (top-1 pass first)."""
-    normaliser = get_normaliser(method)
-    view = backend.view
-    activated = view.activated[backend.top1(queries)] if normaliser.dynamic else None
-    return backend.search(
-        queries, normaliser.plan(NORM, view.bank_sizes, len(queries), activated), K
-    )[0]
+    return backend.search(queries, method, NORM, K).rows
 
 
 def recall(got: np.ndarray, want: np.ndarray) -> float:

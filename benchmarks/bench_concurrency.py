@@ -41,10 +41,10 @@ import orjson
 from benchmarks.bench_ann import jittered
 from benchmarks.bench_http import _in_process as _engine
 from benchmarks.common import Row
-from benchmarks.load_test import LOOPBACK, Server, demo_queries, write_gallery
 from service.algorithms import check_embeddings
 from service.api.coalesce import COALESCER
 from service.engine import Engine
+from service.harness import LOOPBACK, Server, demo_queries, write_gallery
 from service.settings import DEMO_DIR
 
 SECTION = "concurrency"

@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 
 from benchmarks.common import Row, best_time
-from benchmarks.load_test import Server, demo_queries, write_gallery
+from service.harness import Server, demo_queries, write_gallery
 
 SECTION = "http"
 METHOD = "dualis"

@@ -55,7 +55,7 @@ from service.algorithms import (
     GalleryView,
     NormParams,
     check_embeddings,
-    get_normaliser,
+    plan_for,
     prepare_items,
 )
 from service.backends import ExactBackend
@@ -203,7 +203,7 @@ def one_thread_each() -> Iterator[None]:
 def _plan64(data: Matrices, method: str) -> tuple[Callable[[int, np.ndarray], np.ndarray], float]:
     """Float64 scores of a static method from our stat columns, and its near-tie width: the
     float32 rounding of ``w·s`` (≈ d·eps) plus that of the bias term (≈ eps·|c·stat|)."""
-    plan = get_normaliser(method).plan(NORM, data.view.bank_sizes, len(data.queries), None)
+    plan = plan_for(method, NORM, data.view, len(data.queries))
     queries, stats = data.queries.astype(np.float64), data.view.stats.astype(np.float64)
     bias = np.abs(stats) @ np.abs(plan.coefficients).max(axis=0)
     tie = abs(plan.weight) * data.tie + NEAR_TIE * float(bias.max())
@@ -374,6 +374,7 @@ def milvus_rows(data: Matrices, quick: bool) -> list[Row]:
             ours = milvus_backend.MilvusBackend(
                 data.view, ids, None, uri=uri, collection="peers", kind="original"
             )
+            ours.commit()
             exact = ExactBackend(data.view, ids)
             raw = _raw64(data)
             share, detail = agreement(

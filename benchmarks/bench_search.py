@@ -20,7 +20,6 @@ from service.algorithms import (
     Banks,
     GalleryView,
     NormParams,
-    get_normaliser,
     prepare_items,
 )
 from service.backends import SearchBackend, backend_factory
@@ -50,12 +49,9 @@ def synthetic_view(n: int, d: int, bank: int, seed: int = 0) -> GalleryView:
 def method_search(
     backend: SearchBackend, queries: np.ndarray, method: str, norm: NormParams, k: int = K
 ) -> tuple[np.ndarray, np.ndarray]:
-    """What a request costs the backend: the plan (with its top-1 pass) and the top-k."""
-    normaliser = get_normaliser(method)
-    view = backend.view
-    activated = view.activated[backend.top1(queries)] if normaliser.dynamic else None
-    plan = normaliser.plan(norm, view.bank_sizes, queries.shape[0], activated)
-    return backend.search(queries, plan, k)
+    """What a request costs the backend: one call (top-1 pass, plan, top-k)."""
+    hits = backend.search(queries, method, norm, k)
+    return hits.rows, hits.scores
 
 
 def numpy_topk(queries: np.ndarray, gallery: np.ndarray, k: int = K) -> np.ndarray:

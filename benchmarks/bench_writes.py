@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 
 from benchmarks.common import Row
-from benchmarks.load_test import Server, write_gallery
+from service.harness import Server, write_gallery
 
 SECTION = "writes"
 LATENCY_GOAL = 5.0  # ms, p50 of a one-item upsert / delete (issue 16)

@@ -26,9 +26,9 @@ from service.api.middleware import (
 from service.api.routes import diagnostics, gallery, info, operations, search, ui
 from service.api.runtime import Runtime
 from service.engine import Engine
-from service.engine.loading import DataError
 from service.engine.persistence import StoreDamaged
 from service.engine.startup import load_engine
+from service.io import DataError
 from service.logs import configure_logging
 from service.settings import Settings
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,11 +18,22 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.algorithms import METHODS, InputError, InvGCParams, NormParams
 from service.algorithms.hubs import HubScreening
-from service.algorithms.stats import DBSN_MAX_ITERATIONS
+from service.algorithms.invgc import Adjacency
+from service.algorithms.params import param_spec
+from service.backends import BACKENDS
 
 Method = Literal[METHODS]  # type: ignore[valid-type]  # the names, stated once in normalisers
-_NORM = NormParams()  # defaults and bounds of the algorithm parameters live in NormParams
+Backend = Literal[BACKENDS]  # type: ignore[valid-type]  # stated once in service.backends
 DEMO_DIR = Path(__file__).parent / "data" / "demo"
+
+
+def _param(cls: type, name: str) -> Any:
+    """The settings field of algorithm parameter ``name`` of the dataclass ``cls``: its default,
+    bounds and description, declared once there (:func:`service.algorithms.params.param`)."""
+    default, spec = param_spec(cls, name)
+    if spec is None:
+        raise TypeError(f"{cls.__name__}.{name} is not declared with param()")
+    return Field(default, description=spec.description, **spec.bounds())  # type: ignore[arg-type]
 
 
 class Settings(BaseSettings):
@@ -63,29 +75,23 @@ class Settings(BaseSettings):
     # "Untuned defaults vs raw"): DBSN beat raw R@1 by ≥ 3 points on both; InvGC did not help
     # on both, so it is off
     default_method: Method = Field("dbsn", description="Method used when a search names none")
-    beta_query_bank: float = Field(1 / 1.99, gt=0, description="Inverse temperature, query bank")
-    beta_gallery_bank: float = Field(3.0, gt=0, description="Inverse temperature, gallery bank")
-    dis_topk: int = Field(1, ge=1, description="k of the DIS/DualDIS activation sets")
-    nnn_topk: int = Field(128, ge=1, description="NNN: bank neighbours averaged per item")
-    nnn_alpha: float = Field(0.75, ge=0, description="NNN: weight of the bias")
-    csls_topk: int = Field(10, ge=1, description="CSLS: neighbourhood size")
+    # defaults, bounds and descriptions of the algorithm parameters: their dataclass fields
+    beta_query_bank: float = _param(NormParams, "beta_query_bank")
+    beta_gallery_bank: float = _param(NormParams, "beta_gallery_bank")
+    dis_topk: int = _param(NormParams, "dis_topk")
+    nnn_topk: int = _param(NormParams, "nnn_topk")
+    nnn_alpha: float = _param(NormParams, "nnn_alpha")
+    csls_topk: int = _param(NormParams, "csls_topk")
     invgc: bool = Field(False, description="Build the InvGC-adjusted gallery; default for searches")
-    invgc_adjacency: Literal["local", "full"] = Field(
-        "local", description="InvGC adjacency: 'local' (LocalAdj, per-item updates) or 'full'"
-    )
-    r_gallery_bank: float = Field(0.2, ge=0, description="InvGC rate against the gallery bank")
-    r_query_bank: float = Field(0.2, ge=0, description="InvGC rate against the query bank")
-    pool_rate: float = Field(0.01, gt=0, le=1, description="LocalAdj: share of a bank kept")
-    # --- DBSN parameters (bounds checked by NormParams) -------------------------------------
-    dbsn_tau: float = Field(_NORM.dbsn_tau, description="DBSN: Sinkhorn temperature τ (> 0)")
-    dbsn_iterations: int = Field(
-        _NORM.dbsn_iterations,
-        description="DBSN: Sinkhorn iterations (fixed count, no early stop; "
-        f"1 … {DBSN_MAX_ITERATIONS})",
-    )
+    invgc_adjacency: Adjacency = _param(InvGCParams, "adjacency")
+    r_gallery_bank: float = _param(InvGCParams, "r_gallery_bank")
+    r_query_bank: float = _param(InvGCParams, "r_query_bank")
+    pool_rate: float = _param(InvGCParams, "pool_rate")
+    dbsn_tau: float = _param(NormParams, "dbsn_tau")
+    dbsn_iterations: int = _param(NormParams, "dbsn_iterations")
 
     # --- serving ----------------------------------------------------------------------------
-    backend: Literal["exact", "faiss", "milvus"] = Field(
+    backend: Backend = Field(
         "exact", description="Search backend: 'exact' (numpy), 'faiss' or 'milvus'"
     )
     faiss_index: Literal["flat", "hnsw", "ivf"] = Field(
@@ -271,16 +277,7 @@ class Settings(BaseSettings):
             )
 
     def norm_params(self) -> NormParams:
-        return NormParams(
-            beta_query_bank=self.beta_query_bank,
-            beta_gallery_bank=self.beta_gallery_bank,
-            dis_topk=self.dis_topk,
-            nnn_topk=self.nnn_topk,
-            nnn_alpha=self.nnn_alpha,
-            csls_topk=self.csls_topk,
-            dbsn_tau=self.dbsn_tau,
-            dbsn_iterations=self.dbsn_iterations,
-        )
+        return NormParams(**{f.name: getattr(self, f.name) for f in fields(NormParams)})
 
     def hub_screening(self) -> HubScreening:
         return HubScreening(
@@ -288,12 +285,8 @@ class Settings(BaseSettings):
         )
 
     def invgc_params(self) -> InvGCParams:
-        return InvGCParams(
-            r_gallery_bank=self.r_gallery_bank,
-            r_query_bank=self.r_query_bank,
-            pool_rate=self.pool_rate,
-            adjacency=self.invgc_adjacency,
-        )
+        named = {f.name: f.name for f in fields(InvGCParams)} | {"adjacency": "invgc_adjacency"}
+        return InvGCParams(**{name: getattr(self, field) for name, field in named.items()})
 
     def backend_options(self) -> dict[str, Any]:
         """Keyword options of the chosen backend (``service.backends.backend_factory``)."""

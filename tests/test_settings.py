@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
+from typing import get_args
 
 import pytest
+from pydantic import ValidationError
 
-from service.backends import backend_factory
+from service.algorithms import METHODS, InputError, InvGCParams, NormParams
+from service.algorithms.params import PARAM
+from service.backends import BACKENDS, backend_factory
 from service.cli import build_parser
 from service.settings import Settings, unknown_variables
 
@@ -56,3 +61,47 @@ def test_serve_refuses_an_env_file_with_a_typo(
 def test_faiss_ivf_options_reach_the_backend() -> None:
     options = Settings(backend="faiss", faiss_index="ivf", faiss_ivf_nprobe=8).backend_options()
     assert options["index"] == "ivf" and options["ivf"] == {"nlist": None, "nprobe": 8}
+
+
+# --- one source of truth: the algorithm parameter types -----------------------------------------
+
+#: settings field of each InvGCParams field whose name differs
+_RENAMED = {"adjacency": "invgc_adjacency"}
+
+
+@pytest.mark.parametrize("params", [NormParams, InvGCParams], ids=lambda c: c.__name__)
+def test_settings_derive_defaults_bounds_and_descriptions_from_the_parameter_types(
+    params: type,
+) -> None:
+    defaults = params()
+    for f in fields(params):
+        info = Settings.model_fields[_RENAMED.get(f.name, f.name)]
+        spec = f.metadata[PARAM]
+        assert info.default == getattr(defaults, f.name), f.name
+        assert info.description == spec.description, f.name
+        bounds = {
+            k: getattr(m, k) for m in info.metadata for k in ("gt", "ge", "le") if hasattr(m, k)
+        }
+        assert bounds == spec.bounds(), f.name
+
+
+def test_default_settings_give_the_default_parameters() -> None:
+    settings = Settings()
+    assert settings.norm_params() == NormParams()
+    assert settings.invgc_params() == InvGCParams()
+
+
+def test_method_and_backend_names_come_from_their_registries() -> None:
+    assert get_args(Settings.model_fields["default_method"].annotation) == METHODS
+    assert get_args(Settings.model_fields["backend"].annotation) == BACKENDS
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("beta_query_bank", 0), ("dis_topk", 0), ("pool_rate", 1.5), ("dbsn_iterations", 10**6)],
+)
+def test_out_of_bounds_settings_are_refused_by_name(name: str, value: float) -> None:
+    with pytest.raises(ValidationError, match=name):
+        Settings(**{name: value})
+    with pytest.raises(InputError, match=_RENAMED.get(name, name)):
+        (InvGCParams if name == "pool_rate" else NormParams)(**{name: value})

@@ -24,6 +24,7 @@ from service.algorithms.normalisers import (
     QueryPlan,
     get_normaliser,
 )
+from service.algorithms.planning import plan_for
 from service.algorithms.scoring import dense_scores, plan_queries, ranks_of, search, top1_raw
 from service.algorithms.stats import STAT_COLUMNS, BankTopK, NormParams, item_stats
 from service.algorithms.validation import InputError, check_embeddings
@@ -63,6 +64,7 @@ __all__ = [
     "item_stats",
     "k_occurrence",
     "occurrence_histogram",
+    "plan_for",
     "plan_queries",
     "prepare_items",
     "ranks_of",

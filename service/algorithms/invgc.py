@@ -27,8 +27,9 @@ from typing import Literal
 import numpy as np
 
 from service.algorithms.blocks import block_rows, row_blocks
+from service.algorithms.params import check_params, param
 from service.algorithms.scan import scan_bank
-from service.algorithms.validation import InputError, check_non_negative, is_real
+from service.algorithms.validation import InputError
 
 Adjacency = Literal["local", "full"]
 
@@ -42,16 +43,15 @@ class InvGCParams:
     adjacency: "local" (LocalAdj, the default: items independent) or "full".
     """
 
-    r_gallery_bank: float = 0.2
-    r_query_bank: float = 0.2
-    pool_rate: float = 0.01
-    adjacency: Adjacency = "local"
+    r_gallery_bank: float = param(0.2, "InvGC rate against the gallery bank", ge=0)
+    r_query_bank: float = param(0.2, "InvGC rate against the query bank", ge=0)
+    pool_rate: float = param(0.01, "LocalAdj: share of a bank kept", gt=0, le=1)
+    adjacency: Adjacency = param(  # noqa: RUF009 (a field declaration, not a shared value)
+        "local", "InvGC adjacency: 'local' (LocalAdj, per-item updates) or 'full'"
+    )
 
     def __post_init__(self) -> None:
-        check_non_negative("r_gallery_bank", self.r_gallery_bank)
-        check_non_negative("r_query_bank", self.r_query_bank)
-        if not (is_real(self.pool_rate) and 0 < self.pool_rate <= 1):
-            raise InputError("pool_rate", f"expected a number in (0, 1], got {self.pool_rate!r}")
+        check_params(self)
         if self.adjacency not in ("local", "full"):
             raise InputError("adjacency", f"expected 'local' or 'full', got {self.adjacency!r}")
 

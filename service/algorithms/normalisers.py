@@ -56,11 +56,6 @@ class QueryPlan:
     coefficients: np.ndarray
     offsets: np.ndarray
 
-    def query_coordinates(self, queries: np.ndarray) -> np.ndarray:
-        """(m, d + #stat columns) augmented queries ``[w·q, c(q)]`` for an index storing
-        ``[g, stat(g)]``."""
-        return np.hstack([self.weight * queries, self.coefficients.astype(queries.dtype)])
-
 
 class Normaliser(ABC):
     """One method: which stat columns it uses, with what weight, and whether it is dynamic."""

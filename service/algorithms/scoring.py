@@ -20,6 +20,7 @@ from service.algorithms.blocks import (
     work_dtype,
 )
 from service.algorithms.normalisers import Normaliser, QueryPlan
+from service.algorithms.planning import plan_for
 from service.algorithms.stats import NormParams
 from service.algorithms.views import GalleryView
 
@@ -46,11 +47,10 @@ def top1_raw(queries: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
 def plan_queries(
     normaliser: Normaliser, queries: np.ndarray, view: GalleryView, params: NormParams
 ) -> QueryPlan:
-    """The query plan, running the raw top-1 pass first when the method is dynamic."""
-    activated = None
-    if normaliser.dynamic:
-        activated = view.activated[top1_raw(queries, view.embeddings)]
-    return normaliser.plan(params, view.bank_sizes, queries.shape[0], activated)
+    """The query plan on an in-memory view (the raw top-1 pass by :func:`top1_raw`)."""
+    return plan_for(
+        normaliser, params, view, queries.shape[0], lambda: top1_raw(queries, view.embeddings)
+    )
 
 
 def score_block(queries: np.ndarray, view: GalleryView, plan: QueryPlan, rows: slice) -> np.ndarray:

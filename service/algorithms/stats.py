@@ -34,14 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.algorithms.blocks import merge_topk
+from service.algorithms.params import check_params, param
 from service.algorithms.scan import BankScan, scan_bank
 from service.algorithms.sinkhorn import DbsnWeights, sinkhorn_log_v
-from service.algorithms.validation import (
-    InputError,
-    check_count,
-    check_non_negative,
-    check_positive,
-)
 
 STAT_COLUMNS = ("lme_query_bank", "lme_gallery_bank", "nnn_mean", "csls_mean", "dbsn")
 LME_QUERY_BANK, LME_GALLERY_BANK, NNN_MEAN, CSLS_MEAN, DBSN = range(len(STAT_COLUMNS))
@@ -71,29 +66,22 @@ class NormParams:
     on the demo and pydoc sets, at a tenth of the solve: docs/performance.md).
     """
 
-    beta_query_bank: float = 1 / 1.99
-    beta_gallery_bank: float = 3.0
-    dis_topk: int = 1
-    nnn_topk: int = 128
-    nnn_alpha: float = 0.75
-    csls_topk: int = 10
-    dbsn_tau: float = 0.01
-    dbsn_iterations: int = 1
+    beta_query_bank: float = param(1 / 1.99, "Inverse temperature, query bank", gt=0)
+    beta_gallery_bank: float = param(3.0, "Inverse temperature, gallery bank", gt=0)
+    dis_topk: int = param(1, "k of the DIS/DualDIS activation sets", ge=1)
+    nnn_topk: int = param(128, "NNN: bank neighbours averaged per item", ge=1)
+    nnn_alpha: float = param(0.75, "NNN: weight of the bias", ge=0)
+    csls_topk: int = param(10, "CSLS: neighbourhood size", ge=1)
+    dbsn_tau: float = param(0.01, "DBSN: Sinkhorn temperature τ (> 0)", gt=0)
+    dbsn_iterations: int = param(
+        1,
+        f"DBSN: Sinkhorn iterations (fixed count, no early stop; 1 … {DBSN_MAX_ITERATIONS})",
+        ge=1,
+        le=DBSN_MAX_ITERATIONS,
+    )
 
     def __post_init__(self) -> None:
-        check_positive("beta_query_bank", self.beta_query_bank)
-        check_positive("beta_gallery_bank", self.beta_gallery_bank)
-        check_count("dis_topk", self.dis_topk)
-        check_count("nnn_topk", self.nnn_topk)
-        check_non_negative("nnn_alpha", self.nnn_alpha)
-        check_count("csls_topk", self.csls_topk)
-        check_positive("dbsn_tau", self.dbsn_tau)
-        check_count("dbsn_iterations", self.dbsn_iterations)
-        if self.dbsn_iterations > DBSN_MAX_ITERATIONS:
-            raise InputError(
-                "dbsn_iterations",
-                f"expected at most {DBSN_MAX_ITERATIONS}, got {self.dbsn_iterations}",
-            )
+        check_params(self)
 
 
 @dataclass(frozen=True)

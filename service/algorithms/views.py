@@ -184,6 +184,10 @@ class GalleryView:
             [self.query_top.activated(self.size), self.gallery_top.activated(self.size)]
         )
 
+    def activation(self, rows: np.ndarray) -> np.ndarray:
+        """(m, 2) bool: ``rows`` in (A_BQ, A_BG) (the planner's view of a gallery)."""
+        return self.activated[rows]
+
     def append(self, batch: GalleryView, banks: Banks) -> GalleryView:
         """This view with ``batch`` (prepared alone) appended after the last row: amortised
         O(batch rows + bank size), the activation top-k merged, not recomputed."""

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from service.algorithms import GalleryView
-from service.backends.base import BackendUnavailable, SearchBackend
+from service.backends.base import BackendUnavailable, Hits, RawTop1, SearchBackend
 from service.backends.exact import ExactBackend
 
 #: (view, ids of its rows, backend of the previous state or None) -> backend
@@ -41,6 +41,8 @@ __all__ = [
     "BackendFactory",
     "BackendUnavailable",
     "ExactBackend",
+    "Hits",
+    "RawTop1",
     "SearchBackend",
     "backend_factory",
 ]

@@ -2,13 +2,14 @@
 
 Every method scores ``w·s(q, g) + c(q)·stat(g)`` (plus a per-query offset), so an index over the
 augmented gallery rows ``[g, stat(g)]`` (d + 5 float32 columns) searched with
-``[w·q, c(q)]`` (:meth:`QueryPlan.query_coordinates`) ranks by exactly the method's score; the
-backend adds ``plan.offsets`` to the inner products, as the exact backend does. ``top1`` (the
-dynamic methods' raw pass) searches the same index with the stat coefficients zeroed: the
-inner product is then ``q·g`` itself, so no second index (and no second copy of the gallery) is
-needed. (A numpy product for the flat index's top-1 is faster alone, but numpy's BLAS threads
-and FAISS's OpenMP threads taking turns slow each other down: measured 50 ms for top-1 + search
-of one query at n = 100k against 35 ms with both in FAISS; docs/performance.md.)
+``[w·q, c(q)]`` (:func:`~service.algorithms.augment.plan_coordinates`) ranks by exactly the
+method's score; the backend adds ``plan.offsets`` to the inner products, as the exact backend
+does. The raw top-1 pass (the dynamic methods' first step) searches the same index with the
+stat coefficients zeroed: the inner product is then ``q·g`` itself, so no second index (and no
+second copy of the gallery) is needed. (A numpy product for the flat index's top-1 is faster
+alone, but numpy's BLAS threads and FAISS's OpenMP threads taking turns slow each other down:
+measured 50 ms for top-1 + search of one query at n = 100k against 35 ms with both in FAISS;
+docs/performance.md.)
 
 Three index kinds (setting ``HUBLESS_FAISS_INDEX``):
 
@@ -41,8 +42,9 @@ import faiss
 import numpy as np
 
 from service.algorithms import STAT_COLUMNS, GalleryView, QueryPlan, search, top1_raw
+from service.algorithms.augment import plan_coordinates
 from service.algorithms.blocks import block_rows, row_blocks
-from service.backends.base import SearchBackend
+from service.backends.base import Mask, Ranked, RawTop1, SearchBackend
 
 #: Rebuild an HNSW index from scratch once this share of its slots are tombstones.
 REBUILD_DEAD_SHARE = 0.25
@@ -122,7 +124,7 @@ class _Layout:
 
     def queries(self, queries: np.ndarray, plan: QueryPlan) -> tuple[np.ndarray, np.ndarray]:
         """(m, d+5) float32 index queries and the (m,) float64 score correction ``c·centre``."""
-        coords = np.ascontiguousarray(plan.query_coordinates(queries), dtype=np.float32)
+        coords = np.ascontiguousarray(plan_coordinates(plan, queries), dtype=np.float32)
         if self.scale != 1.0:
             coords[:, -_STATS:] /= np.float32(self.scale)
         return coords, plan.coefficients @ self.centre.astype(np.float64)
@@ -279,9 +281,9 @@ class FaissBackend(SearchBackend):
             slots = np.where(slots >= 0, self._row_of_slot[slots], -1)
         return dist, slots
 
-    def search(
-        self, queries: np.ndarray, plan: QueryPlan, k: int, allowed: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _ranked(
+        self, queries: np.ndarray, plan: QueryPlan, k: int, allowed: Mask, raw: RawTop1 | None
+    ) -> Ranked:
         available = self.view.size if allowed is None else int(np.count_nonzero(allowed))
         m, k = queries.shape[0], min(k, available)
         if k == 0:
@@ -295,16 +297,14 @@ class FaissBackend(SearchBackend):
             rows[short], scores[short] = search(queries[short], self.view, sub, k, allowed=allowed)
         return rows.astype(np.int64, copy=False), scores
 
-    def top1(self, queries: np.ndarray) -> np.ndarray:
+    def _raw_top1(self, queries: np.ndarray) -> RawTop1:
         m = queries.shape[0]
-        if self.view.size == 0:
-            return np.zeros(m, np.int64)
         raw = QueryPlan(1.0, np.zeros((m, _STATS)), np.zeros(m))
         rows = self._search(self._layout.queries(queries, raw)[0], 1)[1][:, 0]
         short = rows < 0
         if short.any():
             rows[short] = top1_raw(queries[short], self.view.embeddings)
-        return rows.astype(np.int64, copy=False)
+        return RawTop1(rows.astype(np.int64, copy=False))
 
 
 def _rows_equal(view: GalleryView, before: GalleryView, rows: np.ndarray) -> np.ndarray:

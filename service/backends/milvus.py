@@ -6,13 +6,15 @@ IVF_FLAT are options for galleries too big for brute force (they are approximate
 ``MilvusClient("path/file.db")`` runs an embedded milvus-lite; ``http://host:19530`` a server.
 
 Sync: the engine builds a backend per gallery state, passing the previous one. The backend
-deletes the ids that left, upserts the ids that arrived or whose row changed, and never rewrites
-unchanged rows. A backend built without a usable predecessor (startup, another replica)
-*reconciles*: it reads ``(id, digest)`` of every stored row and writes only what differs, so a
-restart on an up-to-date collection writes nothing. Diffs start from the view the collection
-actually holds (the last backend that synced), not blindly from ``previous``: a state built but
-never adopted by the engine (its change-log append failed) is still accounted for. A failed
-sync marks the collection dirty and the next backend reconciles instead of trusting a diff.
+computes the ids that left and the ids that arrived or whose row changed; :meth:`commit` (which
+the engine calls once the change log accepted the change) deletes and upserts them, and never
+rewrites unchanged rows. A backend built without a usable predecessor (startup, another
+replica) *reconciles* when committed: it reads ``(id, digest)`` of every stored row and writes
+only what differs, so a restart on an up-to-date collection writes nothing. Diffs start from the
+view the collection actually holds (the last backend that committed), not blindly from
+``previous``: a state committed but never adopted by the engine (its change-log transaction
+failed) is still accounted for. A failed sync marks the collection dirty and the next backend
+reconciles instead of trusting a diff.
 
 Milvus is shared, mutable state, unlike the engine's copy-on-write snapshots: a search still
 running on the previous state while a change is written can see the new rows (see
@@ -39,8 +41,8 @@ from pymilvus.exceptions import MilvusException
 
 from service.algorithms import GalleryView, QueryPlan, top1_raw
 from service.algorithms import search as exact_search
-from service.backends.base import BackendUnavailable, SearchBackend
-from service.export.augment import EXTRA_DIMS, view_coordinates
+from service.algorithms.augment import EXTRA_DIMS, plan_coordinates, view_coordinates
+from service.backends.base import BackendUnavailable, Mask, Ranked, RawTop1, SearchBackend
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +262,8 @@ class _Collection:
     name: str
     kind: ViewKind
     dim: int
+    #: the collection exists (made by the first commit; a reader never makes it)
+    created: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: a sync failed half-way: the next backend must reconcile, not trust the diff
     dirty: bool = False
@@ -332,7 +336,7 @@ class MilvusBackend(SearchBackend):
         self.fetch_slack = int(fetch_slack)
         self._ef, self._nprobe = int(ef), int(nprobe)
         dim = view.embeddings.shape[1] + EXTRA_DIMS
-        started = time.perf_counter()
+        self._index_options = (index, consistency)
         chained = (
             isinstance(previous, MilvusBackend)
             and previous._collection.dim == dim
@@ -353,17 +357,36 @@ class MilvusBackend(SearchBackend):
                     client.load_collection(name)
                 else:  # a reader may start before the writer: searches fail until it exists
                     log.warning("milvus collection does not exist yet", extra={"collection": name})
-            else:
-                ensure_collection(client, name, dim, index, consistency)
-            self._collection = _Collection(client, name, view_kind, dim)
+            self._collection = _Collection(client, name, view_kind, dim, created=read_only)
             self._register()
-        base = self._collection.base() if chained else None
-        if read_only:
-            self.sync = SyncReport("none", 0, 0, 0.0)
-        elif base is not None:
-            self.sync = self._write(lambda: self._diff(base), "diff", started)
-        else:
+        #: the diff against the view Milvus holds now (None: reconcile at commit), and that base
+        self._base = self._collection.base() if chained and not read_only else None
+        self._difference = None if self._base is None else self._diff(self._base)
+        #: what :meth:`commit` wrote (None until then); a reader writes nothing
+        self.sync: SyncReport | None = SyncReport("none", 0, 0, 0.0) if read_only else None
+
+    def commit(self) -> None:
+        """Write the difference computed at construction (or reconcile), once; a failure marks
+        the collection dirty, so the next backend reconciles."""
+        if self.sync is not None:
+            return
+        started = time.perf_counter()
+        handle = self._collection
+        if not handle.created:
+            try:
+                ensure_collection(handle.client, handle.name, handle.dim, *self._index_options)
+            except MilvusException as exc:
+                raise BackendUnavailable(f"Milvus collection {handle.name!r}: {exc}") from exc
+            handle.created = True
+        base = handle.base()
+        if base is not None and base is not self._base:  # another state was committed since
+            self._base, self._difference = base, self._diff(base)
+        difference = self._difference if base is not None else None
+        if difference is None:
             self.sync = self._write(self._reconcile, "reconcile", started)
+        else:
+            self.sync = self._write(lambda: self._apply(*difference), "diff", started)
+        self._base = self._difference = None  # holding the previous backend would chain them all
 
     # --- which collection --------------------------------------------------------------------
 
@@ -421,9 +444,9 @@ class MilvusBackend(SearchBackend):
         )
         return report
 
-    def _diff(self, previous: MilvusBackend) -> tuple[int, int]:
-        """Delete ids that left; upsert ids that arrived or whose row changed, relative to
-        ``previous``, the backend whose view the collection holds."""
+    def _diff(self, previous: MilvusBackend) -> tuple[np.ndarray, list[str]]:
+        """(rows to upsert, ids to delete): ids that arrived or whose row changed, and ids that
+        left, relative to ``previous``, the backend whose view the collection holds."""
         before = previous._rows
         removed = [i for i in previous.ids if i not in self._rows]
         write: list[int] = []
@@ -442,7 +465,9 @@ class MilvusBackend(SearchBackend):
             previous.view,
             np.asarray(common_before, np.int64),
         )
-        rows = np.sort(np.concatenate([np.asarray(write, np.int64), changed]))
+        return np.sort(np.concatenate([np.asarray(write, np.int64), changed])), removed
+
+    def _apply(self, rows: np.ndarray, removed: list[str]) -> tuple[int, int]:
         return self._upsert(rows), self._delete(removed)
 
     def _reconcile(self) -> tuple[int, int]:
@@ -487,10 +512,10 @@ class MilvusBackend(SearchBackend):
 
     # --- searching ---------------------------------------------------------------------------
 
-    def search(
-        self, queries: np.ndarray, plan: QueryPlan, k: int, allowed: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        coords = plan.query_coordinates(queries.astype(np.float32, copy=False))
+    def _ranked(
+        self, queries: np.ndarray, plan: QueryPlan, k: int, allowed: Mask, raw: RawTop1 | None
+    ) -> Ranked:
+        coords = plan_coordinates(plan, queries.astype(np.float32, copy=False))
         if allowed is not None:
             k = min(k, int(np.count_nonzero(allowed)))
         if k <= 0:
@@ -506,14 +531,14 @@ class MilvusBackend(SearchBackend):
         scores = np.array([d[:width] for _, d in hits], np.float64).reshape(len(hits), width)
         return rows, scores + plan.offsets[:, None]
 
-    def top1(self, queries: np.ndarray) -> np.ndarray:
+    def _raw_top1(self, queries: np.ndarray) -> RawTop1:
         zeros = np.zeros((queries.shape[0], EXTRA_DIMS), queries.dtype)
         coords = np.hstack([queries, zeros]).astype(np.float32, copy=False)
         best = np.array([r[0] if r else -1 for r, _ in self._known_hits(coords, 1)], np.int64)
         lost = best < 0  # every hit was unknown to this state: answer from the local view
         if lost.any():
             best[lost] = top1_raw(queries[lost], self.view.embeddings)
-        return best
+        return RawTop1(best)
 
     def _allowed_filter(self, allowed: np.ndarray | None) -> str | None:
         """A metadata filter's rows as a Milvus boolean expression on the primary key: the

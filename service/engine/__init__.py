@@ -8,8 +8,8 @@ from service.engine.engine import (
     SearchResult,
     SuspectedHubError,
 )
-from service.engine.loading import DataError
 from service.engine.state import GalleryState, UnknownIdError
+from service.io import DataError
 
 __all__ = [
     "ChangeResult",

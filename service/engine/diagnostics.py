@@ -114,13 +114,12 @@ def diagnose(
     for invgc in views:
         view = state.view(invgc)
         for method in methods:
-            backend, plan = engine.plan(state, probes, method, invgc)
-            rows, _ = backend.search(probes, plan, k)
-            occurrence = k_occurrence(rows, view.size)
+            hits = state.backend(invgc).search(probes, method, engine.norm, k)
+            occurrence = k_occurrence(hits.rows, view.size)
             report = hubness(occurrence, k, probes.shape[0])
             quality = None
             if truth is not None:
-                quality = retrieval_quality(ranks_of(probes, view, plan, truth))
+                quality = retrieval_quality(ranks_of(probes, view, hits.plan, truth))
             top = top_hubs(occurrence, hub_limit)
             hubs = [
                 Hub(state.ids[row], int(count), float(z), state.metadata[row])

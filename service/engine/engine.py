@@ -1,9 +1,12 @@
 """The engine: the served gallery state, searches on it, and atomic changes to it.
 
 Searches read one immutable :class:`GalleryState` (a single reference read, no lock), so they
-never block each other and never see a half-applied change. Changes are serialised by one
-lock: the next state is built off to the side (touching only the rows a change affects),
-written to the change log if there is one (durable before visible), then swapped in. Changes
+never block each other and never see a half-applied change; a search is one call into the
+backend of the chosen view (:meth:`SearchBackend.search`). Changes are serialised by one
+lock: the next state is built off to the side (touching only the rows a change affects, its
+backends computing their differences without writing), written to the change log if there is
+one, its backends committed (external writes, Milvus) before the log transaction commits, then
+swapped in (durable before visible; a failure anywhere leaves the served state as it was). Changes
 that arrive while one is being committed are committed together (group commit, see
 :meth:`Engine.apply`): one log transaction and one swap for all of them.
 """
@@ -27,13 +30,11 @@ from service.algorithms import (
     InvGCParams,
     NormParams,
     PreparedItems,
-    QueryPlan,
     adjusted_view,
-    get_normaliser,
     prepare_items,
 )
 from service.algorithms.hubs import HubScreening, Suspects, suspected_hubs
-from service.backends import BackendFactory, SearchBackend
+from service.backends import BackendFactory
 from service.engine.changes import Change, Delete, Upsert
 from service.engine.filters import Predicate, allowed_rows
 from service.engine.items import item_stats, page_body
@@ -179,6 +180,7 @@ class Engine:
     ) -> Engine:
         """``version``: of this gallery (a snapshot continues the numbering of its changes)."""
         state = _whole_state(version, Catalog.create(ids, metadata), prepared, invgc, backend)
+        state.commit()
         return cls(state, banks, norm, invgc, backend, screening)
 
     @property
@@ -263,8 +265,9 @@ class Engine:
         bank computes them (O(n·N·d)), then banks and state swapped together.
 
         Holds the write lock throughout, so gallery changes wait and none is lost; searches go
-        on with the previous state. ``commit`` runs after the computation and before the swap
-        (the live bank writes its rows durably there); if anything fails, nothing changes.
+        on with the previous state. ``commit`` runs after the computation and the backends'
+        commit, before the swap (the live bank writes its rows durably there); if anything
+        fails, nothing changes (an external index ahead of it is repaired by the next commit).
         """
         with self._write_lock:
             started = time.perf_counter()
@@ -280,6 +283,7 @@ class Engine:
             next_state = _whole_state(
                 state.version, state.catalog, prepared, self.invgc, self._backend, state
             )
+            next_state.commit()
             if commit is not None:
                 commit()
             self.banks, self._state = banks, next_state
@@ -293,22 +297,6 @@ class Engine:
             )
 
     # --- searching ------------------------------------------------------------------------
-
-    def plan(
-        self, state: GalleryState, queries: np.ndarray, method: str, invgc: bool
-    ) -> tuple[SearchBackend, QueryPlan]:
-        """The backend of the chosen view and the query plan of ``method`` for ``queries``
-        (running the raw top-1 pass first for the dynamic methods)."""
-        normaliser = get_normaliser(method)
-        view, backend = state.view(invgc), state.backend(invgc)
-        activated = None
-        if normaliser.dynamic:  # an empty gallery has no top-1: nothing is activated
-            activated = (
-                view.activated[backend.top1(queries)]
-                if view.size
-                else np.zeros((queries.shape[0], 2), dtype=bool)
-            )
-        return backend, normaliser.plan(self.norm, view.bank_sizes, queries.shape[0], activated)
 
     def search(
         self,
@@ -338,9 +326,8 @@ class Engine:
         if queries is None:
             queries = state.original.embeddings[state.rows_of(list(query_ids or ()), "query_ids")]
         allowed = None if where is None else self._allowed(state, where, where_key)
-        backend, plan = self.plan(state, queries, method, invgc)
-        rows, scores = backend.search(queries, plan, k + offset, allowed)
-        rows, scores = rows[:, offset:], scores[:, offset:]
+        hits = state.backend(invgc).search(queries, method, self.norm, k + offset, allowed)
+        rows, scores = hits.rows[:, offset:], hits.scores[:, offset:]
         sims = np.einsum("md,mkd->mk", queries, state.original.embeddings[rows]).astype(np.float64)
         ids_of = state.id_array
         keep = None if score_threshold is None else scores >= score_threshold
@@ -403,6 +390,7 @@ class Engine:
         if not record:
             with self._write_lock:
                 state, result = self._next_state(self._state, change)
+                state.commit()
                 self._state = state
                 return result
         pending = _Pending(change)
@@ -429,9 +417,10 @@ class Engine:
         return pending.result
 
     def _commit_group(self, group: list[_Pending]) -> None:
-        """Apply, log (one transaction) and swap ``group``; fill in each one's outcome.
-        Runs under the write lock. The states between the changes of a group are never
-        searched, so only the last one gets search back ends (derived from the served one)."""
+        """Apply, log (one transaction, inside which the backends commit) and swap ``group``;
+        fill in each one's outcome. Runs under the write lock. The states between the changes of
+        a group are never searched, so only the last one gets search back ends (derived from the
+        served one)."""
         started = time.perf_counter()
         current = state = self._state
         accepted: list[_Pending] = []
@@ -451,7 +440,9 @@ class Engine:
                 state.gallery_sum,
             )
             if self._store is not None:
-                self._store.append_many([p.change for p in accepted])
+                self._store.append_many([p.change for p in accepted], before_commit=state.commit)
+            else:
+                state.commit()
         except Exception as exc:  # back ends or the commit failed: the whole group with it
             for pending in accepted:
                 pending.result, pending.error = None, exc

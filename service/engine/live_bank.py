@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from service.engine.loading import DataError
 from service.engine.query_bank_store import QueryBankStore
+from service.io import DataError
 
 if TYPE_CHECKING:
     from service.engine.engine import Engine

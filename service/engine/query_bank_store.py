@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.engine.loading import DataError
+from service.io import DataError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ import numpy as np
 
 from service.algorithms import check_embeddings
 from service.engine.changes import Upsert
-from service.engine.loading import load_embeddings, load_ids
 from service.engine.persistence import (
     DB_NAME,
     Snapshot,
@@ -29,6 +28,7 @@ from service.engine.persistence import (
 )
 from service.engine.startup import open_store, store_directory
 from service.engine.state import Metadata
+from service.io import load_embeddings, load_ids
 from service.settings import Settings
 
 

@@ -21,11 +21,11 @@ from service.engine import cache
 from service.engine.changes import Change
 from service.engine.engine import Engine
 from service.engine.live_bank import LiveQueryBank
-from service.engine.loading import DataError, file_digest, load_embeddings, load_ids
 from service.engine.persistence import GalleryStore, Snapshot, StorageError
 from service.engine.query_bank_store import FILE_NAME as QUERY_BANK_FILE
 from service.engine.query_bank_store import QueryBankStore
 from service.engine.state import GalleryState, Metadata
+from service.io import DataError, file_digest, load_embeddings, load_ids
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from service.algorithms import (
     InvGCParams,
     NormParams,
     QueryPlan,
-    get_normaliser,
+    plan_for,
     prepare_items,
 )
 from service.algorithms.blocks import block_rows, row_blocks, topk_desc
@@ -95,10 +95,8 @@ class Similarities:
     def method_ranks(
         self, method: str, params: NormParams, stats: np.ndarray, view: GalleryView
     ) -> np.ndarray:
-        """Ranks of ``method``: as :func:`~service.algorithms.plan_queries` would plan it."""
-        normaliser = get_normaliser(method)
-        activated = view.activated[self.top1] if normaliser.dynamic else None
-        plan = normaliser.plan(params, view.bank_sizes, self.truth.shape[0], activated)
+        """Ranks of ``method``, planned with the split's precomputed raw top-1."""
+        plan = plan_for(method, params, view, self.truth.shape[0], lambda: self.top1)
         return self.ranks(stats, plan)
 
 

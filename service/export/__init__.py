@@ -1,12 +1,12 @@
 """Export of the bias-augmented gallery ``[g, stat(g)]`` for any inner-product engine.
 
-:mod:`~service.export.augment` turns galleries and queries into coordinates (pure numpy);
+:mod:`~service.algorithms.augment` turns galleries and queries into coordinates (pure numpy);
 :mod:`~service.export.chunked` computes the augmented gallery of a huge memory-mapped gallery in
 parallel chunks; :mod:`~service.export.writers` writes it to Parquet and/or Milvus;
 :mod:`~service.export.commands` is ``hubless export``.
 """
 
-from service.export.augment import (
+from service.algorithms.augment import (
     EXTRA_DIMS,
     activation_flags,
     gallery_coordinates,

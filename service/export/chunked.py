@@ -39,7 +39,7 @@ from service.algorithms import (
     check_embeddings,
     prepare_items,
 )
-from service.export.augment import view_coordinates
+from service.algorithms.augment import view_coordinates
 
 T = TypeVar("T")
 DEFAULT_CHUNK_ROWS = 32768
@@ -73,7 +73,7 @@ class MappedGallery:
             else:  # other layouts: numpy's own memmap, without page release
                 self.array = np.load(path, mmap_mode="r")
         else:
-            from service.engine.loading import load_embeddings
+            from service.io import load_embeddings
 
             self.array = load_embeddings(path)
         if self.array.ndim != 2 or not np.issubdtype(self.array.dtype, np.floating):

@@ -81,10 +81,10 @@ def register(subparsers: Any) -> None:
 def run_export(args: argparse.Namespace) -> int:
     """Run the export the parsed arguments describe; prints the sidecar's summary as JSON."""
     from service.algorithms import STAT_COLUMNS, Banks, InputError
-    from service.engine.loading import DataError, load_embeddings
     from service.export.chunked import ExportJob, MappedGallery
     from service.export.pipeline import export_gallery
     from service.export.writers import LineSource, MilvusSink, ParquetSink, Sink
+    from service.io import DataError, load_embeddings
     from service.settings import Settings
 
     if args.out is None and args.milvus_uri is None:

@@ -2,7 +2,7 @@
 
 The sidecar tells a user with their own inner-product engine everything needed to query the
 exported vectors: column layout, parameters, bank sizes, the per-method query recipe
-(:func:`~service.export.augment.method_recipes`) and where the activation sets are.
+(:func:`~service.algorithms.augment.method_recipes`) and where the activation sets are.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from service.algorithms import STAT_COLUMNS
-from service.export.augment import EXTRA_DIMS, method_recipes
+from service.algorithms.augment import EXTRA_DIMS, method_recipes
 from service.export.chunked import ActivationSets, ExportJob
 from service.export.writers import LineSource, Sink, write_json
 

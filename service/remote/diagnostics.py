@@ -20,8 +20,9 @@ from service.algorithms import (
     occurrence_histogram,
     top_hubs,
 )
+from service.algorithms.augment import raw_coordinates
 from service.engine.diagnostics import Diagnostics, Hub, MethodDiagnostics
-from service.remote.engine import RemoteEngine, padded
+from service.remote.engine import RemoteEngine
 from service.remote.store import INVGC, METADATA, ORIGINAL, SEQ, VECTOR
 
 
@@ -91,7 +92,7 @@ def _degeneration(engine: RemoteEngine, invgc: bool, sample: int) -> Degeneratio
     visible = f"{SEQ} <= {served.version}"
     rows = engine.store.query(view, visible, [VECTOR], limit=min(sample, served.size))
     items = np.array([r[VECTOR][: engine.dim] for r in rows], dtype=np.float32)
-    found = engine.store.search(view, padded(items), 2, visible)
+    found = engine.store.search(view, raw_coordinates(items), 2, visible)
     nearest = [
         next(h.distance for h in hits if h.id != row["id"])
         for row, hits in zip(rows, found, strict=True)

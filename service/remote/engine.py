@@ -36,9 +36,10 @@ from service.algorithms import (
     InputError,
     InvGCParams,
     NormParams,
-    get_normaliser,
+    plan_for,
     prepare_items,
 )
+from service.algorithms.augment import plan_coordinates, raw_coordinates
 from service.algorithms.hubs import HubScreening
 from service.backends.base import BackendUnavailable
 from service.engine.engine import ChangeResult, HubWarning, SearchResult, SuspectedHubError
@@ -87,9 +88,21 @@ class Served:
         return np.array(flags, dtype=bool).reshape(len(top1), 2)
 
 
-def padded(queries: np.ndarray) -> np.ndarray:
-    """``[q, 0…]``: a raw inner-product search of the d+5 rows."""
-    return np.hstack([queries, np.zeros((queries.shape[0], 5), queries.dtype)])
+@dataclass(frozen=True)
+class ServedView:
+    """One view of what a process serves, as the planner sees a gallery
+    (:class:`~service.algorithms.planning.Plannable`): its items are named by id."""
+
+    served: Served
+    view: str
+    bank_sizes: tuple[int, int]
+
+    @property
+    def size(self) -> int:
+        return self.served.size
+
+    def activation(self, top1: Sequence[str | None]) -> np.ndarray:
+        return self.served.activation(self.view, top1)
 
 
 class RemoteEngine:
@@ -235,19 +248,20 @@ class RemoteEngine:
             raise InputError("filter", "a filter needs its JSON form with the milvus backend")
         served = self._served  # one version for the whole search
         view = self._view(invgc)
-        normaliser = get_normaliser(method)
         if queries is None:
             queries = self._stored_queries(list(query_ids or ()), served)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         visible = f"{SEQ} <= {served.version}"
-        activated = None
-        if normaliser.dynamic:  # the raw top-1 over the whole gallery (a filter never gates it)
-            top1 = self.store.search(view, padded(queries), 1, visible)
-            activated = served.activation(view, [h[0].id if h else None for h in top1])
-        plan = normaliser.plan(self.norm, self.banks.sizes, queries.shape[0], activated)
+
+        def raw_top1() -> list[str | None]:  # over the whole gallery: a filter never gates it
+            found = self.store.search(view, raw_coordinates(queries), 1, visible)
+            return [hits[0].id if hits else None for hits in found]
+
+        target = ServedView(served, view, self.banks.sizes)
+        plan = plan_for(method, self.norm, target, queries.shape[0], raw_top1)
         expr = both(visible, milvus_filter(json.loads(where_key)) if where_key else None)
         fields = [METADATA] if with_metadata else []
-        found = self.store.search(view, plan.query_coordinates(queries), k + offset, expr, fields)
+        found = self.store.search(view, plan_coordinates(plan, queries), k + offset, expr, fields)
         found = [hits[offset:] for hits in found]
         originals = self.store.vectors(ORIGINAL, list({h.id for hits in found for h in hits}))
         ids, scores, sims, metadata = [], [], [], []
@@ -459,7 +473,7 @@ class RemoteEngine:
     def _scan(self, view: str, bank_rows: np.ndarray, k: int, active: int, expr: str) -> IdTopK:
         """Bank items' top-k over the stored gallery of ``view`` (a raw Milvus search)."""
         out = IdTopK.empty(bank_rows.shape[0], k, active)
-        for row, hits in enumerate(self.store.search(view, padded(bank_rows), k, expr)):
+        for row, hits in enumerate(self.store.search(view, raw_coordinates(bank_rows), k, expr)):
             out.ids[row, : len(hits)] = [h.id for h in hits]
             out.sims[row, : len(hits)] = [h.distance for h in hits]
         return out

@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict
 
 from service.algorithms import Banks, InputError, check_embeddings
-from service.engine.loading import DataError, file_digest, load_embeddings, load_ids
+from service.io import DataError, file_digest, load_embeddings, load_ids
 from service.remote.engine import RemoteEngine
 from service.remote.follow import Follower
 from service.remote.lease import Lease

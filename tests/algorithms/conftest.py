@@ -2,27 +2,19 @@
 
 Data is generated from a seed with numpy so hypothesis only has to search over integers
 (fast shrinking, reproducible failures). Everything is float64 so comparisons with the naive
-reference in :mod:`reference` hold to 1e-6 (in practice ~1e-12).
+reference in :mod:`tests.support.reference` hold to 1e-6 (in practice ~1e-12).
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-# The package is not installed into the venv and pytest's config sets no pythonpath: make the
-# repository root importable so that plain `.venv/bin/pytest tests/algorithms` works.
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from service.algorithms import Banks, NormParams  # noqa: E402
+from service.algorithms import Banks, NormParams
 
 #: Settings for every property test here: modest example counts keep the suite well under 60 s.
 PROPERTY = settings(

@@ -18,8 +18,8 @@ from service.algorithms.blocks import (
     topk_desc,
 )
 from service.algorithms.scan import scan_bank
+from tests.support import reference as ref
 
-from . import reference as ref
 from .conftest import PROPERTY, make_problem, seeds, unit_rows
 
 

@@ -19,8 +19,8 @@ from service.algorithms import (
     plan_queries,
     prepare_items,
 )
+from tests.support import reference as ref
 
-from . import reference as ref
 from .conftest import PROPERTY, make_problem, seeds, small_params
 
 

@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.algorithms import InvGCParams, NormParams, invgc_adjust, prepare_items
+from tests.support import reference as ref
 
-from . import reference as ref
 from .conftest import PROPERTY, make_extreme_problem, make_problem, seeds, small_params
 
 rates = st.floats(min_value=0.0, max_value=2.0)

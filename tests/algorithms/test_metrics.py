@@ -25,8 +25,8 @@ from service.algorithms.metrics import (
     skewness,
     top_hubs,
 )
+from tests.support import reference as ref
 
-from . import reference as ref
 from .conftest import PROPERTY, seeds, unit, unit_rows
 
 # ----------------------------------------------------------------------------- k-occurrence

@@ -20,6 +20,7 @@ from service.algorithms import (
     plan_queries,
     prepare_items,
 )
+from service.algorithms.augment import plan_coordinates
 
 from .conftest import PROPERTY, make_problem, moderate_betas, seeds, small_params
 
@@ -112,7 +113,7 @@ def test_augmented_inner_product_equals_scores(seed, method):
     params = small_params()
     view = prepare_items(p.gallery, p.banks, params, None).original
     plan = plan_queries(get_normaliser(method), p.queries, view, params)
-    coords = plan.query_coordinates(p.queries)
+    coords = plan_coordinates(plan, p.queries)
     assert coords.shape == (len(p.queries), p.gallery.shape[1] + len(STAT_COLUMNS))
     items = np.hstack([view.embeddings, view.stats])
     got = coords @ items.T + plan.offsets[:, None]

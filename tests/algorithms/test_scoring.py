@@ -18,8 +18,8 @@ from service.algorithms import (
     search,
     top1_raw,
 )
+from tests.support import reference as ref
 
-from . import reference as ref
 from .conftest import (
     PROPERTY,
     Problem,

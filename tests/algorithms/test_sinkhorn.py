@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from service.algorithms import Banks, get_normaliser, plan_queries, prepare_items
 from service.algorithms.sinkhorn import dbsn_row_stat, sinkhorn_log_v
 from service.algorithms.stats import DBSN, NormParams
+from tests.support import reference as ref
 
-from . import reference as ref
 from .conftest import PROPERTY, make_extreme_problem, make_problem, seeds, small_params, unit_rows
 
 #: τ the plain-exp reference handles (K ≥ e^{-2/τ} stays far above float64's smallest normal)

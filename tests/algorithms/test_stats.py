@@ -16,8 +16,8 @@ from service.algorithms import (
     item_stats,
     prepare_items,
 )
+from tests.support import reference as ref
 
-from . import reference as ref
 from .conftest import (
     PROPERTY,
     betas,

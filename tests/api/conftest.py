@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine import demo_queries, write_demo_slices
 from fastapi.testclient import TestClient
 
 from service.engine.startup import load_engine
-
-from . import DemoFiles, Serve, running
+from tests.support.api import DemoFiles, Serve, running
+from tests.support.demo import demo_queries, write_demo_slices
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from . import DemoFiles, Serve, assert_error
+from tests.support.api import DemoFiles, Serve, assert_error
 
 KEY = "s3cret-Key-9f8e7d"
 WRITES = [

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine import demo_queries, write_demo_slices
 
 from service.algorithms import InputError, check_embeddings
 from service.api.coalesce import SearchCoalescer, search_slots
 from service.engine import SearchResult
 from service.engine.startup import load_engine
+from tests.support.demo import demo_queries, write_demo_slices
 
 N_ITEMS = 30
 

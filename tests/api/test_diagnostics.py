@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from engine import demo_queries
 from fastapi.testclient import TestClient
 
 from service.algorithms import METHODS
-
-from . import Serve, search
+from tests.support.api import Serve, search
+from tests.support.demo import demo_queries
 
 SHARES = ("robin_hood", "gini", "antihub_rate", "hub_occurrence", "max_occurrence_ratio")
 

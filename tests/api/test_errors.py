@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from . import DemoFiles, assert_error, running, snapshot_of
+from tests.support.api import DemoFiles, assert_error, running, snapshot_of
 
 DIM = 384
 JSON = {"content-type": "application/json"}

@@ -10,12 +10,11 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
-from engine import demo_queries, write_gallery
 from fastapi.testclient import TestClient
 
 from service.algorithms import METHODS
-
-from . import DemoFiles, Serve, demo_rows, put, running, search
+from tests.support.api import DemoFiles, Serve, demo_rows, put, running, search
+from tests.support.demo import demo_queries, write_gallery
 
 #: A changed service and a fresh one compute the same float32 sums over other row batches (a
 #: batch of 25 new items vs the whole gallery), so BLAS may block and order them differently,

@@ -9,8 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.algorithms import METHODS
-
-from . import DemoFiles, Serve, assert_error, search
+from tests.support.api import DemoFiles, Serve, assert_error, search
 
 #: ids a client may well use; each must work as a path segment once percent-encoded
 AWKWARD_IDS = ["a b", "a/b", "/leading", "trailing/", "x%y", "q?x=1#f", "ünï cödé", "delete"]

@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from engine import DEMO_DIR, DemoFiles
 
-from benchmarks.adversarial_hubs import injected_hub
-
-from . import Serve, assert_error
+from service.evaluation.adversarial import injected_hub
+from tests.support.api import Serve, assert_error
+from tests.support.demo import DEMO_DIR, DemoFiles
 
 
 def _hub(demo: DemoFiles) -> list[float]:

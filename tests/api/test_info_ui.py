@@ -11,8 +11,7 @@ from fastapi.testclient import TestClient
 from service import __version__
 from service.algorithms import METHODS
 from service.api.routes.ui import ASSETS
-
-from . import DemoFiles, Serve, assert_error, demo_rows, put
+from tests.support.api import DemoFiles, Serve, assert_error, demo_rows, put
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "k3y-for-reads"

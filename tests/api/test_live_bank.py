@@ -9,15 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine import demo_queries
 from fastapi.testclient import TestClient
 
 from service.algorithms import METHODS, check_embeddings
 from service.engine import Engine
 from service.engine.startup import load_engine
 from service.settings import Settings
-
-from . import DemoFiles, Serve, assert_error, demo_rows, put, running, search
+from tests.support.api import DemoFiles, Serve, assert_error, demo_rows, put, running, search
+from tests.support.demo import demo_queries
 
 #: Scores of two computations from the same inputs up to one rounding of the bank rows (a
 #: fresh start re-normalises the saved bank): each similarity moves by at most about d·eps

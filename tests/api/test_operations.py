@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from . import Serve, assert_error, search
+from tests.support.api import Serve, assert_error, search
 
 
 def test_health_and_readiness(client: TestClient) -> None:

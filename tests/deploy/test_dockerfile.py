@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from benchmarks.load_test import Server, free_port
 from service.cli import build_parser
+from service.harness import Server, free_port
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

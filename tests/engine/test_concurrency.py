@@ -19,8 +19,7 @@ from service.backends import backend_factory
 from service.engine import Engine, SearchResult
 from service.engine.startup import load_engine
 from service.engine.state import GalleryState
-
-from . import demo_queries, write_demo_slices
+from tests.support.demo import demo_queries, write_demo_slices
 
 PROBES, ROUNDS, READERS = 6, 2, 2
 METHODS = ("raw", "dualdis", "dis", "csls")

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.adversarial_hubs import injected_hub, run_attack, settings_for
 from service.algorithms import (
     Banks,
     BankTopK,
@@ -26,9 +25,10 @@ from service.backends import backend_factory
 from service.datasets.build import load_dataset
 from service.engine import Engine, SuspectedHubError
 from service.engine.startup import load_engine
+from service.evaluation.adversarial import injected_hub, run_attack, settings_for
 from service.settings import DEMO_DIR, Settings
+from tests.support.demo import write_demo_slices
 
-from . import write_demo_slices
 from .test_updates import _banks, _unit
 
 # ----------------------------------------------------------------------------- exactness
@@ -122,7 +122,9 @@ class _Log:
     def __init__(self) -> None:
         self.changes: list[object] = []
 
-    def append_many(self, changes: list[object]) -> None:
+    def append_many(self, changes: list[object], before_commit=None) -> None:
+        if before_commit is not None:
+            before_commit()
         self.changes.extend(changes)
 
 

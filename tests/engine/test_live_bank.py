@@ -18,11 +18,10 @@ from hypothesis import strategies as st
 
 from service.algorithms import item_stats
 from service.engine.live_bank import LiveQueryBank, reservoir_slots
-from service.engine.loading import DataError
 from service.engine.query_bank_store import QueryBankStore
 from service.engine.startup import load_engine
-
-from . import demo_queries, write_demo_slices
+from service.io import DataError
+from tests.support.demo import demo_queries, write_demo_slices
 
 MASK, GOLDEN = (1 << 64) - 1, 0x9E3779B97F4A7C15
 

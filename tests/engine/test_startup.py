@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.engine.loading import DataError
 from service.engine.startup import ProgressLog, load_engine
-
-from . import write_demo_slices
+from service.io import DataError
+from tests.support.demo import write_demo_slices
 
 
 def test_progress_is_logged_every_step_up_to_100(caplog: pytest.LogCaptureFixture) -> None:

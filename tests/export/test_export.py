@@ -244,6 +244,7 @@ def test_export_to_milvus_is_what_the_backend_would_write(
     ids = tuple(files["ids"].read_text(encoding="utf-8").splitlines())
     view = prepare_items(gallery, banks, NORM, None).original
     backend = MilvusBackend(view, ids, None, uri=uri, collection="exp", kind="original")
+    backend.commit()
     assert backend.sync.mode == "reconcile"
     # rows whose float32 bits differ (chunked vs whole-gallery BLAS) are compared, not rewritten
     assert (backend.sync.upserted, backend.sync.deleted) == (0, 0)

@@ -7,12 +7,13 @@ test uses its own collection prefix.
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from algorithms import reference
 
 from service.algorithms import (
     METHODS,
@@ -22,15 +23,17 @@ from service.algorithms import (
     NormParams,
     check_embeddings,
     dense_scores,
-    get_normaliser,
+    plan_for,
     prepare_items,
 )
+from service.algorithms.augment import view_coordinates
 from service.backends import ExactBackend
 from service.backends import milvus as milvus_module
 from service.backends.milvus import MilvusBackend, id_filter, milvus_client, row_digests
 from service.engine.engine import Engine
-from service.export.augment import view_coordinates
 from service.settings import DEMO_DIR
+from tests.support import reference
+from tests.support.backends import method_search
 
 TOL = 1e-5
 N_GALLERY, N_BANK, N_QUERIES = 600, 600, 16
@@ -74,7 +77,9 @@ def parity(uri, banks, norm, gallery) -> dict[bool, tuple[GalleryView, MilvusBac
     return {
         invgc: (
             view,
-            MilvusBackend(view, ids, None, uri=uri, collection="parity", kind=_kind(invgc)),
+            _committed(
+                MilvusBackend(view, ids, None, uri=uri, collection="parity", kind=_kind(invgc))
+            ),
         )
         for invgc, view in views.items()
     }
@@ -101,9 +106,13 @@ def assert_same_results(
 
 
 def _plan(method: str, view: GalleryView, backend: object, queries: np.ndarray, norm: NormParams):
-    normaliser = get_normaliser(method)
-    activated = view.activated[backend.top1(queries)] if normaliser.dynamic else None
-    return normaliser.plan(norm, view.bank_sizes, queries.shape[0], activated)
+    return plan_for(method, norm, view, queries.shape[0], lambda: backend.top1(queries))
+
+
+def _committed(backend: MilvusBackend) -> MilvusBackend:
+    """``backend`` with its writes applied (the engine commits after its change log)."""
+    backend.commit()
+    return backend
 
 
 @pytest.mark.parametrize("invgc", [False, True], ids=["original", "invgc"])
@@ -113,17 +122,16 @@ def test_search_equals_exact_backend(method, invgc, parity, gallery, queries, no
     exact = ExactBackend(view, gallery[0])
     assert np.array_equal(backend.top1(queries), exact.top1(queries))
     plan = _plan(method, view, exact, queries, norm)
-    expected = exact.search(queries, plan, 10)
-    assert_same_results(
-        expected, backend.search(queries, plan, 10), dense_scores(queries, view, plan)
-    )
+    expected = method_search(exact, queries, method, norm, 10)
+    got = method_search(backend, queries, method, norm, 10)
+    assert_same_results(expected, got, dense_scores(queries, view, plan))
 
 
 @pytest.mark.parametrize("invgc", [False, True], ids=["original", "invgc"])
 def test_dbsn_equals_the_float64_reference(invgc, parity, banks, queries, norm) -> None:
-    """SPEC's DBSN in float64 (tests/algorithms/reference.py) within TOL, through Milvus."""
+    """SPEC's DBSN in float64 (tests/support/reference.py) within TOL, through Milvus."""
     view, backend = parity[invgc]
-    got = backend.search(queries, _plan("dbsn", view, backend, queries, norm), 10)
+    got = method_search(backend, queries, "dbsn", norm, 10)
     solve = (norm.dbsn_tau, norm.dbsn_iterations)
     want = reference.dbsn_top(
         view.embeddings, queries, banks.query_bank, banks.gallery_bank, 10, *solve
@@ -149,6 +157,8 @@ def test_collection_holds_the_augmented_gallery(parity, uri, gallery) -> None:
 def test_restart_on_a_synced_collection_writes_nothing(parity, uri, gallery) -> None:
     view, _ = parity[True]
     again = MilvusBackend(view, gallery[0], None, uri=uri, collection="parity", kind="invgc")
+    assert again.sync is None  # nothing written before the commit
+    again.commit()
     assert (again.sync.mode, again.sync.upserted, again.sync.deleted) == ("reconcile", 0, 0)
 
 
@@ -211,7 +221,7 @@ def _check_engine(engine: Engine, model: Model, uri: str, queries: np.ndarray) -
         for method in ("dualdis", "csls"):  # dynamic, and a similarity weight of 2
             result = engine.search(queries, k=8, method=method, invgc=invgc)
             plan = _plan(method, views[invgc], exact, queries, engine.norm)
-            rows, scores = exact.search(queries, plan, 8)
+            rows, scores = method_search(exact, queries, method, engine.norm, 8)
             got_rows = np.array([[state.rows[i] for i in ids] for ids in result.ids])
             assert_same_results(
                 (rows, scores),
@@ -288,17 +298,19 @@ def test_a_failed_sync_is_repaired_by_the_next_one(
 def test_a_state_the_engine_never_adopted_is_accounted_for(parity, uri, banks, gallery) -> None:
     view, _ = parity[False]
     ids = gallery[0]
-    first = MilvusBackend(view, ids, None, uri=uri, collection="adopt", kind="original")
+    first = _committed(MilvusBackend(view, ids, None, uri=uri, collection="adopt", kind="original"))
     keep = np.ones(view.size, dtype=bool)
     keep[:3] = False
     # written to Milvus, then dropped (as when the engine's change-log append fails)
     orphan = MilvusBackend(view.remove(keep, banks), ids[3:], first, uri=uri, collection="adopt")
+    orphan.commit()
     assert (orphan.sync.mode, orphan.sync.deleted) == ("diff", 3)
-    again = MilvusBackend(view, ids, first, uri=uri, collection="adopt")
+    again = _committed(MilvusBackend(view, ids, first, uri=uri, collection="adopt"))
     assert (again.sync.mode, again.sync.upserted) == ("diff", 3)  # diffed from the orphan
     assert _count(uri, "adopt_original") == len(ids)
     del orphan, again
     smaller = MilvusBackend(view.remove(keep, banks), ids[3:], first, uri=uri, collection="adopt")
+    smaller.commit()
     assert (smaller.sync.mode, smaller.sync.deleted) == ("reconcile", 3)  # nothing to diff from
 
 
@@ -307,8 +319,7 @@ def test_a_search_on_an_older_state_skips_ids_it_does_not_know(engine_factory) -
     before = engine.state.backends[False]
     copies = before.view.embeddings[:5]  # exact duplicates of rows 0-4: tied top hits
     engine.upsert([f"copy-{i}" for i in range(5)], copies, [None] * 5)
-    plan = get_normaliser("raw").plan(NormParams(), (1, 1), 5)
-    rows, _ = before.search(copies, plan, 3)
+    rows = before.search(copies, "raw", NormParams(), 3).rows
     assert rows.shape == (5, 3) and np.all(rows < before.view.size)  # asked again for more
     assert np.array_equal(before.top1(copies), np.arange(5))
 
@@ -328,9 +339,7 @@ def test_read_only_backend_never_writes(parity, uri, banks, gallery, queries) ->
     )
     assert reader.sync.mode == "none"
     assert _count(uri, "parity_original") == len(gallery[0])  # its missing id was not deleted
-    exact = ExactBackend(reader.view, reader.ids)
-    plan = _plan("dualis", reader.view, exact, queries, NormParams(nnn_topk=32))
-    rows, _ = reader.search(queries, plan, 5)
+    rows = reader.search(queries, "dualis", NormParams(nnn_topk=32), 5).rows
     assert rows.shape == (len(queries), 5) and np.all(rows < reader.view.size)
     early = MilvusBackend(view, gallery[0], None, uri=uri, collection="later", read_only=True)
     assert not milvus_client(uri).has_collection("later_original")  # a reader creates nothing
@@ -385,11 +394,14 @@ def test_whole_demo_gallery(tmp_path: Path, index: str) -> None:
     queries = _demo("queries.npy", 200)
     uri = str(tmp_path / "whole.db")
     for invgc, view in ((False, prepared.original), (True, prepared.adjusted)):
-        backend = MilvusBackend(view, ids, None, uri=uri, index=index, kind=_kind(invgc))
+        backend = _committed(
+            MilvusBackend(view, ids, None, uri=uri, index=index, kind=_kind(invgc))
+        )
         exact = ExactBackend(view, ids)
         for method in METHODS:
             plan = _plan(method, view, exact, queries, NormParams())
-            expected, got = exact.search(queries, plan, 10), backend.search(queries, plan, 10)
+            expected = method_search(exact, queries, method, NormParams(), 10)
+            got = method_search(backend, queries, method, NormParams(), 10)
             if index == "flat":
                 assert_same_results(expected, got, dense_scores(queries, view, plan))
             else:  # approximate: most of the exact top-10 is found
@@ -397,3 +409,43 @@ def test_whole_demo_gallery(tmp_path: Path, index: str) -> None:
                     [len(set(a) & set(b)) / 10 for a, b in zip(expected[0], got[0], strict=True)]
                 )
                 assert overlap > 0.9
+
+
+def test_construction_writes_nothing_commit_writes(uri, parity, gallery) -> None:
+    """No external write in a constructor: the collection appears only at ``commit``."""
+    view, _ = parity[False]
+    backend = MilvusBackend(view, gallery[0], None, uri=uri, collection="lazy", kind="original")
+    assert backend.sync is None
+    assert not milvus_client(uri).has_collection("lazy_original")
+    backend.commit()
+    assert _count(uri, "lazy_original") == len(gallery[0])
+    backend.commit()  # once only
+    assert backend.sync is not None and backend.sync.upserted == len(gallery[0])
+
+
+def test_a_change_the_log_refuses_never_reaches_milvus(engine_factory, uri, gallery) -> None:
+    """The backends commit inside the log's transaction: a log that fails first (disk full
+    on the insert) leaves Milvus as it was, and the engine too."""
+    engine = engine_factory("refused", None)
+
+    class Refusing:
+        due_for_compaction = False
+
+        def append_many(self, changes: object, before_commit: object = None) -> None:
+            raise OSError(28, "No space left on device")
+
+    engine._store = Refusing()  # type: ignore[assignment]
+    with pytest.raises(OSError, match="No space"):
+        engine.upsert(["new"], _demo("val_gallery.npy", 1), [None])
+    assert engine.state.version == 1
+    assert _count(uri, "refused_original") == len(gallery[0])
+
+
+def test_a_committed_backend_lets_its_predecessor_go(engine_factory) -> None:
+    """Once committed, a backend holds no reference to the one it diffed from: a chain of
+    states does not keep every past view alive."""
+    engine = engine_factory("chain", None)
+    first = weakref.ref(engine.state.backends[False])
+    engine.upsert(["chained"], _demo("val_gallery.npy", 1), [None])
+    gc.collect()
+    assert first() is None

@@ -4,7 +4,7 @@ refused at the door, heavy work cannot starve the probes, answers are bounded, a
 
 The single bad requests (deep nesting, lone surrogates, oversize metadata, too many hits) are
 rows of the bad-input survey (``benchmarks/load_test.py``, checked in
-``test_auth_and_bad_inputs.py``); here: what happens around them.
+``benchmarks/tests/test_auth_and_bad_inputs.py``); here: what happens around them.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import httpx
 import numpy as np
 import pytest
 
-from benchmarks.load_test import REPO_ROOT, Server, demo_queries, write_gallery
 from service.app import create_app
+from service.harness import Server, demo_queries, write_gallery
 from service.settings import Settings
 
 DIM = 384
@@ -78,8 +78,7 @@ def test_refused_metadata_leaves_every_read_working_across_a_restart(
 LOAD = """
 import json, sys, threading
 import httpx, numpy as np
-sys.path.insert(0, sys.argv[2])
-from benchmarks.load_test import demo_queries
+from service.harness import demo_queries
 url = sys.argv[1]
 queries = np.resize(demo_queries(64), (1024, 384)).astype(float).tolist()
 body = json.dumps({"queries": queries, "k": 97}).encode()
@@ -121,7 +120,7 @@ def test_probes_answer_within_100_ms_under_60_diagnostics_and_8_maximal_searches
             refused = client.post("/search", json={"queries": queries, "k": 1000})
             assert refused.status_code == 422 and "HUBLESS_MAX_HITS" in refused.text
         load = subprocess.Popen(
-            [sys.executable, "-c", LOAD, server.url, str(REPO_ROOT)],
+            [sys.executable, "-c", LOAD, server.url],
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from benchmarks.load_test import Server, demo_queries, normalised, write_gallery
 from service.algorithms import METHODS
 from service.app import create_app
 from service.engine.persistence import DB_NAME
+from service.harness import Server, demo_queries, normalised, write_gallery
 from service.settings import Settings
 
 DIM = 384

@@ -29,7 +29,6 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from benchmarks.load_test import REPO_ROOT, Server, write_gallery
 from service.algorithms import check_embeddings
 from service.app import create_app
 from service.engine import Engine
@@ -42,10 +41,10 @@ from service.engine.persistence import (
     StoreDamaged,
 )
 from service.engine.startup import load_engine, store_directory
+from service.harness import REPO_ROOT, Server, write_gallery
 from service.settings import Settings
 
 DIM = 8
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -146,9 +145,8 @@ def _hot_journal(store_dir: Path) -> Change:
     of it into the database file: a hot rollback journal is left. Returns the change."""
     script = textwrap.dedent(
         f"""
-        import os, sys
+        import os
         import numpy as np
-        sys.path.insert(0, {str(ROOT)!r})
         from pathlib import Path
         from service.engine.changes import Upsert
         from service.engine.persistence import GalleryStore

@@ -17,9 +17,9 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from benchmarks.load_test import write_gallery
 from service.algorithms import METHODS
 from service.app import create_app
+from service.harness import write_gallery
 from service.settings import Settings
 
 DIM = 3

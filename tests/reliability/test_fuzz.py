@@ -24,8 +24,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from benchmarks.load_test import Server, write_gallery
 from service.app import create_app
+from service.harness import Server, write_gallery
 from service.settings import Settings
 
 DIM = 3

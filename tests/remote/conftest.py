@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 from engine import DemoFiles, write_demo_slices
-from support.milvus import milvus_server
+
+from tests.support.milvus import milvus_server
 
 
 @pytest.fixture(scope="module")

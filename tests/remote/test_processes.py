@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from engine import DemoFiles, demo_queries
-from support.milvus import Serve
 
 from service.algorithms import METHODS
+from tests.support.milvus import Serve
 
 POLL = 0.5
 FOLLOW_WITHIN = 2.0

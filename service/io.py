@@ -1,4 +1,5 @@
-"""Reading embeddings and ids from disk (.npy / .npz; float16, float32 or float64)."""
+"""Low-level file I/O: reading embeddings and ids from disk (.npy / .npz; float16, float32 or
+float64), for every layer above the algorithms (engine, export, datasets, commands)."""
 
 from __future__ import annotations
 

@@ -11,15 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from benchmarks.load_test import (
-    DOCS,
-    SURVEY_LIMITS,
-    Server,
-    bad_inputs,
-    survey,
-    survey_table,
-    write_gallery,
-)
+from benchmarks.load_test import DOCS, SURVEY_LIMITS, bad_inputs, survey, survey_table
+from service.harness import Server, write_gallery
 
 KEY = secrets.token_hex(16)
 ITEM = {"items": [{"id": "auth-item", "embedding": [0.1] * 384}]}

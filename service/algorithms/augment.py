@@ -1,5 +1,8 @@
 """The bias-augmented gallery and the matching query vectors, for any inner-product engine.
 
+Pure numpy, so that backends (FAISS, Milvus) and the export share one definition without
+importing each other.
+
 Every method scores ``w·s(q, g) + c(q)·stat(g) + offset(q)`` (see
 :mod:`service.algorithms.normalisers`), so an engine that stores, per gallery item,
 
@@ -28,15 +31,10 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 
-from service.algorithms import (
-    METHODS,
-    STAT_COLUMNS,
-    GalleryView,
-    NormParams,
-    QueryPlan,
-    check_embeddings,
-    get_normaliser,
-)
+from service.algorithms.normalisers import METHODS, QueryPlan, get_normaliser
+from service.algorithms.stats import STAT_COLUMNS, NormParams
+from service.algorithms.validation import check_embeddings
+from service.algorithms.views import GalleryView
 
 #: Width of the bias block appended to every gallery embedding.
 EXTRA_DIMS = len(STAT_COLUMNS)
@@ -47,9 +45,21 @@ def gallery_coordinates(embeddings: np.ndarray, stats: np.ndarray) -> np.ndarray
     return np.hstack([embeddings, stats]).astype(np.float32, copy=False)
 
 
+def raw_coordinates(queries: np.ndarray) -> np.ndarray:
+    """``[q, 0…]``: queries whose inner product with ``[g, stat(g)]`` is the raw similarity
+    (the dynamic methods' top-1 pass on an augmented index)."""
+    return np.hstack([queries, np.zeros((queries.shape[0], EXTRA_DIMS), queries.dtype)])
+
+
 def view_coordinates(view: GalleryView, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
     """:func:`gallery_coordinates` of some rows of a prepared view."""
     return gallery_coordinates(view.embeddings[rows], view.stats[rows])
+
+
+def plan_coordinates(plan: QueryPlan, queries: np.ndarray) -> np.ndarray:
+    """(m, d + #stat columns) augmented queries ``[w·q, c(q)]`` of a plan, for an index
+    storing ``[g, stat(g)]`` (in the queries' dtype)."""
+    return np.hstack([plan.weight * queries, plan.coefficients.astype(queries.dtype)])
 
 
 def query_plan(
@@ -81,7 +91,7 @@ def query_coordinates(
     """
     unit = check_embeddings(queries, field="queries").astype(np.float32, copy=False)
     plan = query_plan(method, params, unit.shape[0], activated)
-    return plan.query_coordinates(unit)
+    return plan_coordinates(plan, unit)
 
 
 def score_offsets(

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.load_test import LoadRun, serving
+from benchmarks.load_test import LoadRun
+from service.harness import serving
 
 
 def test_concurrent_searches_and_upserts_are_error_free_and_version_consistent(
