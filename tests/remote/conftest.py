@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from engine import DemoFiles, write_demo_slices
 
+from tests.support.demo import DemoFiles, write_demo_slices
 from tests.support.milvus import milvus_server
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine import DemoFiles, demo_queries
 
 from service.algorithms import METHODS, InputError, check_embeddings
 from service.backends.base import BackendUnavailable
@@ -21,6 +20,7 @@ from service.remote.engine import RemoteEngine
 from service.remote.lease import Lease, LeaseHeld
 from service.remote.startup import remote_store
 from service.remote.store import GALLERY, INVGC, ORIGINAL, QUERY, RemoteStore
+from tests.support.demo import DemoFiles, demo_queries
 
 EPS32 = float(np.finfo(np.float32).eps)
 _prefixes = itertools.count()

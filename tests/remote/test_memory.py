@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine import DemoFiles
 
+from tests.support.demo import DemoFiles
 from tests.support.milvus import Serve
 
 ITEMS, BATCH, WARMUP = 50_000, 1_000, 5

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine import DemoFiles, demo_queries
 
 from service.algorithms import METHODS
+from tests.support.demo import DemoFiles, demo_queries
 from tests.support.milvus import Serve
 
 POLL = 0.5
