@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from service.algorithms import METHODS, InputError, InvGCParams, NormParams
 from service.algorithms.hubs import HubScreening
 from service.algorithms.stats import DBSN_MAX_ITERATIONS
+from service.engine.engine import DEAD_SHARE
 
 Method = Literal[METHODS]  # type: ignore[valid-type]  # the names, stated once in normalisers
 _NORM = NormParams()  # defaults and bounds of the algorithm parameters live in NormParams
@@ -178,6 +179,13 @@ class Settings(BaseSettings):
     )
     compact_bytes: int = Field(
         256 * 1024 * 1024, ge=1, description="… or once the logged changes take this many bytes"
+    )
+    dead_share: float = Field(
+        DEAD_SHARE,
+        gt=0,
+        le=1,
+        description="Drop the rows of deleted and replaced items (kept dead until then, so a "
+        "delete costs O(batch)) once they are this share of the rows, in the background",
     )
 
     # --- live query bank --------------------------------------------------------------------

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.algorithms.blocks import merge_topk
+from service.algorithms.blocks import block_rows, merge_topk, row_blocks, topk_desc, work_dtype
 from service.algorithms.scan import BankScan, scan_bank
 from service.algorithms.sinkhorn import DbsnWeights, sinkhorn_log_v
 from service.algorithms.validation import (
@@ -156,6 +156,28 @@ class BankTopK:
             )
         return BankTopK(idx, sim, self.k, self.active)
 
+    def tombstone(self, live: np.ndarray, gallery: np.ndarray, bank: np.ndarray) -> BankTopK:
+        """Account for rows that died in place: ``live`` (n,) is False at every dead row, and
+        ``gallery`` (n, d) still holds them (rows keep their numbers).
+
+        Only the bank items whose top-k held a row that is no longer live are rescanned, over
+        the live rows (O(affected·n·d)); the others are kept as they are. A dead row is then
+        in no bank item's top-k, so it is neither activated nor counted in any k-occurrence.
+        """
+        if not self.idx.size:
+            return self
+        k_now = min(self.k, int(np.count_nonzero(live)))
+        hit = ~live[self.idx].all(axis=1)
+        if k_now < self.idx.shape[1]:  # fewer live rows than k: every bank item lost a row
+            hit[:] = True
+        if not hit.any():
+            return self
+        idx = np.empty((len(bank), k_now), np.int64)
+        sim = np.empty((len(bank), k_now), self.sim.dtype)
+        idx[~hit], sim[~hit] = self.idx[~hit, :k_now], self.sim[~hit, :k_now]
+        idx[hit], sim[hit] = live_topk(gallery, bank[hit], k_now, live, self.sim.dtype)
+        return BankTopK(idx, sim, self.k, self.active)
+
     def remove(self, keep: np.ndarray, gallery: np.ndarray, bank: np.ndarray) -> BankTopK:
         """Account for deleting the rows where ``keep`` (old n,) is False.
 
@@ -177,6 +199,24 @@ class BankTopK:
             fresh = BankTopK.build(gallery, bank[redo], self.k)
             idx[redo], sim[redo] = fresh.idx, fresh.sim
         return BankTopK(idx, sim, self.k, self.active)
+
+
+def live_topk(
+    gallery: np.ndarray, bank: np.ndarray, k: int, live: np.ndarray, dtype: np.dtype
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each bank row's top-k gallery rows among the ``live`` ones (n,) bool, best first, lower
+    row on ties (as a fresh scan ranks them): (N, k) rows and (N, k) similarities in
+    ``dtype``. Blocked over the gallery; the dead rows score -inf and are never picked."""
+    idx = np.empty((len(bank), 0), np.int64)
+    sim = np.empty((len(bank), 0), dtype)
+    work = work_dtype(gallery.dtype)
+    bank = bank.astype(work, copy=False)
+    for sl in row_blocks(gallery.shape[0], block_rows(max(1, len(bank)), work.itemsize)):
+        block = gallery[sl].astype(work, copy=False) @ bank.T  # (B, N) as the scan computes it
+        block[~live[sl]] = -np.inf
+        blk_idx, blk_sim = topk_desc(np.ascontiguousarray(block.T), k)
+        idx, sim = merge_topk(idx, sim, blk_idx + sl.start, blk_sim.astype(dtype), k)
+    return idx, sim
 
 
 def stats_from_scans(

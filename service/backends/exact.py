@@ -38,9 +38,16 @@ class ExactBackend(SearchBackend):
 
     def top1(self, queries: np.ndarray) -> np.ndarray:
         self._pending.value = None
-        embeddings = self.view.embeddings
-        if not 0 < self.view.size <= search_block_rows(self.view, queries.shape[0]):
-            return top1_raw(queries, embeddings)
-        sims = queries @ embeddings.T
+        view = self.view
+        if not 0 < view.size <= search_block_rows(view, queries.shape[0]):
+            return top1_raw(queries, view.embeddings, view.live)
+        sims = queries @ view.embeddings.T
         self._pending.value = (queries, sims)  # holding ``queries`` keeps the identity check safe
-        return sims.argmax(axis=1)
+        if view.live is None:
+            return sims.argmax(axis=1)
+        dead = view.dead_rows  # few: masked, then restored (``search`` reuses ``sims``)
+        saved = sims[:, dead]
+        sims[:, dead] = -np.inf
+        best = sims.argmax(axis=1)
+        sims[:, dead] = saved
+        return best

@@ -156,6 +156,13 @@ class FaissBackend(SearchBackend):
         self._selector: faiss.IDSelector | None = None
         self._bitmap: np.ndarray | None = None  # kept alive for the selector
         self.rebuilt = True  # False when the index was derived from ``previous`` (for tests/logs)
+        if (
+            isinstance(previous, FaissBackend)
+            and previous.kind == index
+            and _same_rows(view, previous)
+        ):
+            self._share(previous)  # only tombstones changed: the index serves as it is
+            return
         derivable = (
             isinstance(previous, FaissBackend) and previous.kind == index and index != "flat"
         )
@@ -221,6 +228,13 @@ class FaissBackend(SearchBackend):
         self.rebuilt = False
         return True
 
+    def _share(self, previous: FaissBackend) -> None:
+        """Serve ``previous``'s index (never written once built: a change derives a clone)."""
+        self._layout, self._index = previous._layout, previous._index
+        self._slot_of_row, self._row_of_slot = previous._slot_of_row, previous._row_of_slot
+        self._selector, self._bitmap = previous._selector, previous._bitmap
+        self.rebuilt = False
+
     def _kept_rows(self, previous: FaissBackend) -> np.ndarray:
         """Rows of ``previous`` that this view's first rows are, unchanged, in order.
 
@@ -282,6 +296,7 @@ class FaissBackend(SearchBackend):
     def search(
         self, queries: np.ndarray, plan: QueryPlan, k: int, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
+        allowed = self.view.live_mask(allowed)  # dead rows (tombstones) are never found
         available = self.view.size if allowed is None else int(np.count_nonzero(allowed))
         m, k = queries.shape[0], min(k, available)
         if k == 0:
@@ -297,14 +312,22 @@ class FaissBackend(SearchBackend):
 
     def top1(self, queries: np.ndarray) -> np.ndarray:
         m = queries.shape[0]
-        if self.view.size == 0:
+        if self.view.live_size == 0:
             return np.zeros(m, np.int64)
         raw = QueryPlan(1.0, np.zeros((m, _STATS)), np.zeros(m))
-        rows = self._search(self._layout.queries(queries, raw)[0], 1)[1][:, 0]
+        coords = self._layout.queries(queries, raw)[0]
+        rows = self._search(coords, 1, self.view.live_mask())[1][:, 0]
         short = rows < 0
         if short.any():
-            rows[short] = top1_raw(queries[short], self.view.embeddings)
+            rows[short] = top1_raw(queries[short], self.view.embeddings, self.view.live)
         return rows.astype(np.int64, copy=False)
+
+
+def _same_rows(view: GalleryView, previous: FaissBackend) -> bool:
+    """Whether ``view`` has the very arrays ``previous`` indexed (a change that only made rows
+    dead, or none): an O(1) identity test, not a comparison."""
+    before = previous.view
+    return view.embeddings is before.embeddings and view.stats is before.stats
 
 
 def _rows_equal(view: GalleryView, before: GalleryView, rows: np.ndarray) -> np.ndarray:

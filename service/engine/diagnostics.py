@@ -88,6 +88,8 @@ def diagnose(
     """Hubness (and recall, with ``truth_ids``) of every method on every view, on one snapshot,
     with the ``hub_limit`` items of largest k-occurrence per method and view."""
     state: GalleryState = engine.state
+    if state.dead:  # every statistic below is over rows: drop the dead ones first
+        state = engine.compact_tombstones()
     if state.size == 0:
         raise InputError("gallery", "the gallery is empty; there is nothing to diagnose")
     truth = state.rows_of(truth_ids, "truth_ids") if truth_ids is not None else None
@@ -109,7 +111,7 @@ def diagnose(
                 quality = retrieval_quality(ranks_of(probes, view, plan, truth))
             top = top_hubs(occurrence, hub_limit)
             hubs = [
-                Hub(state.ids[row], int(count), float(z), state.metadata[row])
+                Hub(state.catalog.ids[row], int(count), float(z), state.catalog.metadata[row])
                 for row, count, z in zip(top.rows, top.occurrence, top.z, strict=True)
             ]
             histogram = occurrence_histogram(occurrence)

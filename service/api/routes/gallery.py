@@ -48,7 +48,8 @@ def list_items(
     """A page of gallery ids and metadata, in gallery order, with the total count."""
     state = engine.state
     end = min(state.size, offset + limit)
-    items = [{"id": state.ids[row], "metadata": state.metadata[row]} for row in range(offset, end)]
+    ids, metadata = state.ids, state.metadata  # the live items in order (not by row)
+    items = [{"id": ids[i], "metadata": metadata[i]} for i in range(offset, end)]
     return {
         "version": state.version,
         "total": state.size,
@@ -88,7 +89,7 @@ def get_item(
     return {
         "id": item_id,
         "version": state.version,
-        "metadata": state.metadata[row],
+        "metadata": state.catalog.metadata[row],  # by row: ``state.metadata`` skips dead rows
         "embedding": state.original.embeddings[row].tolist() if embedding else None,
         "stats": _stats(state.original, row),
         "invgc_stats": _stats(state.adjusted, row) if state.adjusted is not None else None,
