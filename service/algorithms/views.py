@@ -30,6 +30,7 @@ from service.algorithms.stats import (
     dbsn_weights,
     gallery_bank_scan,
     query_bank_scan,
+    spare_width,
     stats_from_scans,
 )
 from service.algorithms.validation import InputError, check_embeddings
@@ -253,8 +254,8 @@ class GalleryView:
         return GalleryView(
             embeddings,
             stats,
-            self.query_top.remove(keep, embeddings, banks.query_bank),
-            self.gallery_top.remove(keep, embeddings, banks.gallery_bank),
+            self.query_top.remove(keep, self.embeddings, banks.query_bank),
+            self.gallery_top.remove(keep, self.embeddings, banks.gallery_bank),
             self.bank_sizes,
             growth,
         )
@@ -281,17 +282,17 @@ def _view(
     dis_topk columns are the activation set) for the hub screening's k-occurrence."""
     k_q, k_g = neighbours or (None, None)
     width = max(norm.dis_topk, hub_topk)
+    q_ranks, g_ranks = width + spare_width(width), norm.dis_topk + spare_width(norm.dis_topk)
     qs = query_bank_scan(
-        items, banks.query_bank, norm, banks.dbsn(norm), neighbour_k=k_q, bank_topk=width
+        items, banks.query_bank, norm, banks.dbsn(norm), neighbour_k=k_q, bank_topk=q_ranks
     )
-    gs = gallery_bank_scan(
-        items, banks.gallery_bank, norm, neighbour_k=k_g, bank_topk=norm.dis_topk
-    )
+    gs = gallery_bank_scan(items, banks.gallery_bank, norm, neighbour_k=k_g, bank_topk=g_ranks)
+    n = items.shape[0]
     view = GalleryView(
         items,
         stats_from_scans(qs, gs, norm),
-        BankTopK(qs.bank_top_idx, qs.bank_top_sim, width, norm.dis_topk),
-        BankTopK(gs.bank_top_idx, gs.bank_top_sim, norm.dis_topk),
+        BankTopK.from_ranks(qs.bank_top_idx, qs.bank_top_sim, width, norm.dis_topk, n),
+        BankTopK.from_ranks(gs.bank_top_idx, gs.bank_top_sim, norm.dis_topk, None, n),
         banks.sizes,
     )
     return view, qs.neighbour_sum, gs.neighbour_sum
