@@ -190,11 +190,15 @@ class BankTopK:
             raise ValueError(f"k-occurrence at k={k} needs a top-k state of width ≥ k ({self.k})")
         return np.bincount(self.idx[:, :k].ravel(), minlength=n).astype(np.int64)
 
-    def _stored(self) -> tuple[np.ndarray, np.ndarray]:
-        """(N, k' + R) rows and similarities of the top-k then the spares (-1 / -inf: none)."""
+    def _stored(self, rows: np.ndarray | slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """(N, k' + R) rows and similarities of the top-k then the spares (-1 / -inf: none),
+        of the bank items ``rows`` (default all)."""
         if self.spare_idx is None or self.spare_sim is None:
-            return self.idx, self.sim
-        return np.hstack([self.idx, self.spare_idx]), np.hstack([self.sim, self.spare_sim])
+            return self.idx[rows], self.sim[rows]
+        return (
+            np.hstack([self.idx[rows], self.spare_idx[rows]]),
+            np.hstack([self.sim[rows], self.spare_sim[rows]]),
+        )
 
     def merge(self, batch: BankTopK, first_row: int) -> BankTopK:
         """Account for a batch appended at rows ``first_row, …``, given the batch's own top-k
@@ -270,18 +274,18 @@ class BankTopK:
         if not self.idx.size:
             return self
         k_now = min(self.k, int(np.count_nonzero(live)))
-        stored_idx, stored_sim = self._stored()
-        dead = (stored_idx >= 0) & ~live[np.maximum(stored_idx, 0)]
-        hit = dead.any(axis=1)
         if k_now < self.idx.shape[1]:  # fewer live rows than k: every bank item lost a row
             return self._rescan(np.arange(len(bank)), live, gallery, bank, k_now)
+        hit = ~live[self.idx].all(axis=1)  # O(N·k) gathers, no copy of the state
+        if self.spare_idx is not None:  # (an empty spare, row -1, may read a dead last row:
+            hit |= ~live[self.spare_idx].all(axis=1)  # such a bank item just drops nothing)
         rows = np.flatnonzero(hit)
         if not rows.size:
             return self
         if self.floor is None:  # no spares: rescan
             return self._rescan(rows, live, gallery, bank, k_now)
-        idx, sim = stored_idx[rows], stored_sim[rows]
-        gone = dead[rows]
+        idx, sim = self._stored(rows)
+        gone = (idx >= 0) & ~live[idx]
         idx[gone], sim[gone] = -1, -np.inf
         order = np.argsort(gone, axis=1, kind="stable")  # the live ranks first, in their order
         idx, sim = np.take_along_axis(idx, order, axis=1), np.take_along_axis(sim, order, axis=1)
