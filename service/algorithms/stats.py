@@ -289,7 +289,8 @@ class BankTopK:
         idx[gone], sim[gone] = -1, -np.inf
         order = np.argsort(gone, axis=1, kind="stable")  # the live ranks first, in their order
         idx, sim = np.take_along_axis(idx, order, axis=1), np.take_along_axis(sim, order, axis=1)
-        part = BankTopK._split(idx, sim, self.k, self.active, self.floor[rows])
+        width = self.idx.shape[1]  # = k_now: the top-k keeps its width
+        part = BankTopK._split(idx, sim, self.k, self.active, self.floor[rows], width)
         short = np.flatnonzero(part.sim[:, -1] == -np.inf)  # spares ran out: not k ranks left
         state = self._with_rows(rows, part)
         return state if not short.size else state._rescan(rows[short], live, gallery, bank, k_now)

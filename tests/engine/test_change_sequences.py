@@ -68,6 +68,25 @@ def _apply(steps: list[tuple[int, int, int]], engine: object, gallery: dict) -> 
         gallery.update(zip(ids, rows, strict=True))
 
 
+def _check(
+    adjacency: str | None, backend: str, steps: list[tuple[int, int, int]], items: int
+) -> None:
+    """``steps`` on a gallery of ``items`` items (dead rows dropped past 10% of the rows, in
+    the background) equal a fresh start on what is left."""
+    invgc = InvGCParams(pool_rate=0.1, adjacency=adjacency) if adjacency else None
+    rng = np.random.default_rng(items)
+    gallery = {f"g{i}": row for i, row in enumerate(_unit(rng, items))}
+    engine = _on(backend, _engine(list(gallery), np.array(list(gallery.values())), invgc))
+    engine.dead_share = 0.1
+    _apply(steps, engine, gallery)
+    with engine._dropping:  # the last background drop, if one runs, is over
+        pass
+    fresh = _on(backend, _engine(list(gallery), np.array(list(gallery.values())), invgc))
+    assert engine.state.backends[False].name == fresh.state.backends[False].name == backend
+    assert engine.state.size == len(gallery)
+    _assert_same(engine, fresh)
+
+
 @pytest.mark.parametrize(
     ("adjacency", "backend"),
     [(None, "exact"), ("local", "exact"), ("full", "exact"), ("local", "faiss"), (None, "faiss")],
@@ -77,15 +96,7 @@ def _apply(steps: list[tuple[int, int, int]], engine: object, gallery: dict) -> 
 def test_random_change_sequences_equal_a_fresh_start(
     adjacency: str | None, backend: str, steps: list[tuple[int, int, int]]
 ) -> None:
-    invgc = InvGCParams(pool_rate=0.1, adjacency=adjacency) if adjacency else None
-    rng = np.random.default_rng(5)
-    gallery = {f"g{i}": row for i, row in enumerate(_unit(rng, 24))}
-    engine = _on(backend, _engine(list(gallery), np.array(list(gallery.values())), invgc))
-    _apply(steps, engine, gallery)
-    fresh = _on(backend, _engine(list(gallery), np.array(list(gallery.values())), invgc))
-    assert engine.state.backends[False].name == fresh.state.backends[False].name == backend
-    assert engine.state.size == len(gallery)
-    _assert_same(engine, fresh)
+    _check(adjacency, backend, steps, 24)
 
 
 @pytest.mark.parametrize(
@@ -96,15 +107,5 @@ def test_random_change_sequences_equal_a_fresh_start(
 def test_delete_heavy_sequences_across_drops_of_dead_rows_equal_a_fresh_start(
     adjacency: str | None, backend: str, steps: list[tuple[int, int, int]]
 ) -> None:
-    invgc = InvGCParams(pool_rate=0.1, adjacency=adjacency) if adjacency else None
-    rng = np.random.default_rng(6)
-    gallery = {f"g{i}": row for i, row in enumerate(_unit(rng, 60))}
-    engine = _on(backend, _engine(list(gallery), np.array(list(gallery.values())), invgc))
-    engine.dead_share = 0.1  # 6 dead rows of 60: dropped several times along a sequence
-    _apply(steps, engine, gallery)
-    with engine._dropping:  # the last background drop, if one runs, is over
-        pass
-    fresh = _on(backend, _engine(list(gallery), np.array(list(gallery.values())), invgc))
-    assert engine.state.backends[False].name == backend
-    assert engine.state.size == len(gallery)
-    _assert_same(engine, fresh)
+    """6 dead rows of 60 are dropped: several drops along a sequence."""
+    _check(adjacency, backend, steps, 60)
