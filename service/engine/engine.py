@@ -286,9 +286,7 @@ class Engine:
         def run() -> None:
             try:
                 self.compact_tombstones()
-            except (
-                Exception
-            ):  # the state keeps serving with its tombstones; the next change retries
+            except Exception:  # the state keeps its dead rows; the next change retries
                 log.exception("dropping dead rows failed")
             finally:
                 self._dropping.release()
