@@ -21,6 +21,7 @@ from service.algorithms.hubs import HubScreening
 from service.algorithms.invgc import Adjacency
 from service.algorithms.params import param_spec
 from service.backends import BACKENDS
+from service.engine.engine import DEAD_SHARE
 
 Method = Literal[METHODS]  # type: ignore[valid-type]  # the names, stated once in normalisers
 Backend = Literal[BACKENDS]  # type: ignore[valid-type]  # stated once in service.backends
@@ -197,6 +198,13 @@ class Settings(BaseSettings):
     )
     compact_bytes: int = Field(
         256 * 1024 * 1024, ge=1, description="… or once the logged changes take this many bytes"
+    )
+    dead_share: float = Field(
+        DEAD_SHARE,
+        gt=0,
+        le=1,
+        description="Drop the rows of deleted and replaced items (kept dead until then, so a "
+        "delete costs O(batch)) once they are this share of the rows, in the background",
     )
 
     # --- live query bank --------------------------------------------------------------------

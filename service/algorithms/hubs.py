@@ -40,9 +40,12 @@ class Suspects:
     z: np.ndarray
 
 
-def suspected_hubs(occurrence: np.ndarray, rows: np.ndarray, threshold: float) -> Suspects:
+def suspected_hubs(
+    occurrence: np.ndarray, rows: np.ndarray, threshold: float, live: np.ndarray | None = None
+) -> Suspects:
     """Which of ``rows`` have a robust z of their k-occurrence above ``threshold``, the z being
-    against ``occurrence`` (n,), every gallery item's (the screened rows included)."""
-    z = RobustScale.of(occurrence).z(occurrence[rows])
+    against ``occurrence`` (n,), every gallery item's (the screened rows included; only the
+    ``live`` rows (n,) bool if given: dead rows are no items)."""
+    z = RobustScale.of(occurrence if live is None else occurrence[live]).z(occurrence[rows])
     above = z > threshold
     return Suspects(rows[above], occurrence[rows[above]], z[above])

@@ -25,7 +25,9 @@ class Plannable(Protocol):
     memory, or a view held elsewhere (Milvus) whose items are named by id."""
 
     @property
-    def size(self) -> int: ...
+    def live_size(self) -> int:
+        """Items in the gallery (an empty one activates nothing)."""
+        ...
 
     @property
     def bank_sizes(self) -> tuple[int, int]: ...
@@ -37,7 +39,7 @@ class Plannable(Protocol):
 
 def needs_top1(normaliser: Normaliser, view: Plannable) -> bool:
     """Whether planning ``normaliser`` on ``view`` needs the queries' raw top-1 rows."""
-    return normaliser.dynamic and view.size > 0
+    return normaliser.dynamic and view.live_size > 0
 
 
 def plan_for(

@@ -30,13 +30,18 @@ def search_block_rows(view: GalleryView, m: int) -> int:
     return block_rows(max(m, 1), work_dtype(view.embeddings.dtype).itemsize, budget=32 << 20)
 
 
-def top1_raw(queries: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
-    """(m,) row of each query's most similar gallery item by raw cosine (blocked)."""
+def top1_raw(
+    queries: np.ndarray, embeddings: np.ndarray, live: np.ndarray | None = None
+) -> np.ndarray:
+    """(m,) row of each query's most similar gallery item by raw cosine (blocked), among the
+    ``live`` rows (n,) bool if given (a view's :attr:`~GalleryView.live`)."""
     m = queries.shape[0]
     best = np.full(m, -np.inf)
     arg = np.zeros(m, np.int64)
     for sl in row_blocks(embeddings.shape[0], block_rows(m, work_dtype(embeddings.dtype).itemsize)):
         sims = queries @ embeddings[sl].T
+        if live is not None:
+            sims[:, ~live[sl]] = -np.inf
         blk_arg = sims.argmax(axis=1)
         blk_best = sims[np.arange(m), blk_arg]
         better = blk_best > best
@@ -49,7 +54,11 @@ def plan_queries(
 ) -> QueryPlan:
     """The query plan on an in-memory view (the raw top-1 pass by :func:`top1_raw`)."""
     return plan_for(
-        normaliser, params, view, queries.shape[0], lambda: top1_raw(queries, view.embeddings)
+        normaliser,
+        params,
+        view,
+        queries.shape[0],
+        lambda: top1_raw(queries, view.embeddings, view.live),
     )
 
 
@@ -86,6 +95,7 @@ def search(
     cache-sized row chunks that the top-k partitions on the block threads: no extra pass.
     """
     m = queries.shape[0]
+    allowed = view.live_mask(allowed)  # dead rows (tombstones) are never found
     if allowed is not None:
         k = min(k, int(np.count_nonzero(allowed)))  # never a masked row among the k best
     patterns, pattern_of = np.unique(plan.coefficients, axis=0, return_inverse=True)

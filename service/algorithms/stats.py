@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.algorithms.blocks import merge_topk
+from service.algorithms.blocks import block_rows, merge_topk, row_blocks, topk_desc, work_dtype
 from service.algorithms.params import check_params, param
 from service.algorithms.scan import BankScan, scan_bank
 from service.algorithms.sinkhorn import DbsnWeights, sinkhorn_log_v
@@ -84,6 +84,12 @@ class NormParams:
         check_params(self)
 
 
+def spare_width(k: int) -> int:
+    """Spare ranks kept past a top-k (see :class:`BankTopK`): a bank item is rescanned only
+    once more of its stored rows died than it has spares (and appends refill them)."""
+    return max(4, k)
+
+
 @dataclass(frozen=True)
 class BankTopK:
     """Each bank item's current top-k gallery rows (N×k', best first, k' = min(k, n)).
@@ -92,21 +98,72 @@ class BankTopK:
     of rows that appear anywhere in the first ``active`` columns of ``idx`` (all of them when
     ``active`` is None): one structure serves both the DIS activation (``dis_topk`` columns) and
     the hub screening (k-occurrence over ``k`` columns), never two copies. Kept up to date on
-    gallery changes by :meth:`merge` and :meth:`remove`, which touch only what changed.
+    gallery changes by :meth:`merge`, :meth:`tombstone` and :meth:`remove`, which touch only
+    what changed.
+
+    Spares (optional): ``spare_idx`` / ``spare_sim`` (N, R) the next ranks after the top-k, best
+    first, and ``floor`` (N,): every gallery row stored in neither list has a similarity
+    ≤ floor, so the spares above the floor are exactly the next ranks (the others are -inf,
+    row -1). A top-k row that dies is replaced by the best spare, with no pass over the
+    gallery; only a bank item whose spares ran out is rescanned.
     """
 
     idx: np.ndarray
     sim: np.ndarray
     k: int
     active: int | None = None
+    spare_idx: np.ndarray | None = None
+    spare_sim: np.ndarray | None = None
+    floor: np.ndarray | None = None
+
+    @classmethod
+    def from_ranks(
+        cls, idx: np.ndarray, sim: np.ndarray, k: int, active: int | None, n: int
+    ) -> BankTopK:
+        """From each bank item's best ``min(k + spare_width(k), n)`` rows of ``n`` (a scan's
+        ``bank_top_idx`` / ``bank_top_sim`` at that width): the top-k and the spares."""
+        width = k + spare_width(k)
+        floor = np.full(len(idx), -np.inf, sim.dtype)
+        if n > width and idx.shape[1] == width:  # rows were left out: none above the last
+            floor = sim[:, -1].copy()
+        return cls._split(idx, sim, k, active, floor)
+
+    @classmethod
+    def _split(
+        cls,
+        idx: np.ndarray,
+        sim: np.ndarray,
+        k: int,
+        active: int | None,
+        floor: np.ndarray,
+        top: int | None = None,
+    ) -> BankTopK:
+        """Stored ranks (N, W) best first → the first ``top`` (default min(k, W)) and spares
+        (those ≤ floor dropped)."""
+        top = min(k, idx.shape[1]) if top is None else top
+        spare = np.full((len(idx), spare_width(k)), -1, np.int64)
+        spare_sim = np.full((len(idx), spare_width(k)), -np.inf, sim.dtype)
+        rest = min(spare.shape[1], idx.shape[1] - top)
+        spare[:, :rest], spare_sim[:, :rest] = idx[:, top : top + rest], sim[:, top : top + rest]
+        below = spare_sim <= floor[:, None]
+        spare[below], spare_sim[below] = -1, -np.inf
+        return cls(
+            np.ascontiguousarray(idx[:, :top]),
+            np.ascontiguousarray(sim[:, :top]),
+            k,
+            active,
+            spare,
+            spare_sim,
+            floor,
+        )
 
     @classmethod
     def build(
         cls, gallery: np.ndarray, bank: np.ndarray, k: int, active: int | None = None
     ) -> BankTopK:
-        """Each bank item's top-k over the whole gallery (blocked, O(n·N·d))."""
-        scan = scan_bank(gallery, bank, bank_topk=k)
-        return cls(scan.bank_top_idx, scan.bank_top_sim, k, active)
+        """Each bank item's top-k (and spares) over the whole gallery (blocked, O(n·N·d))."""
+        scan = scan_bank(gallery, bank, bank_topk=k + spare_width(k))
+        return cls.from_ranks(scan.bank_top_idx, scan.bank_top_sim, k, active, len(gallery))
 
     def activated(self, n: int) -> np.ndarray:
         """(n,) bool: which gallery rows are in the activation set."""
@@ -121,14 +178,26 @@ class BankTopK:
             raise ValueError(f"k-occurrence at k={k} needs a top-k state of width ≥ k ({self.k})")
         return np.bincount(self.idx[:, :k].ravel(), minlength=n).astype(np.int64)
 
+    def _stored(self, rows: np.ndarray | slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """(N, k' + R) rows and similarities of the top-k then the spares (-1 / -inf: none),
+        of the bank items ``rows`` (default all)."""
+        if self.spare_idx is None or self.spare_sim is None:
+            return self.idx[rows], self.sim[rows]
+        return (
+            np.hstack([self.idx[rows], self.spare_idx[rows]]),
+            np.hstack([self.sim[rows], self.spare_sim[rows]]),
+        )
+
     def merge(self, batch: BankTopK, first_row: int) -> BankTopK:
         """Account for a batch appended at rows ``first_row, …``, given the batch's own top-k
         (rows numbered from 0 within the batch, at least as wide): no similarity needed.
 
-        Only the bank items whose k-th best the batch beats are re-ranked (a tie keeps the
+        Only the bank items whose stored ranks the batch enters are re-ranked (a tie keeps the
         existing, lower row, as a fresh build would): O(N) plus O(changed·k log k)."""
         if batch.k < self.k:
             raise ValueError(f"a batch top-{batch.k} cannot update a top-{self.k} state")
+        if self.floor is not None and batch.floor is not None:
+            return self._merge_ranks(batch, first_row)
         if self.idx.shape[1] < self.k or batch.idx.shape[1] == 0:  # still filling up (or no-op)
             idx, sim = merge_topk(self.idx, self.sim, batch.idx + first_row, batch.sim, self.k)
             return BankTopK(idx, sim, self.k, self.active)
@@ -144,27 +213,130 @@ class BankTopK:
             )
         return BankTopK(idx, sim, self.k, self.active)
 
-    def remove(self, keep: np.ndarray, gallery: np.ndarray, bank: np.ndarray) -> BankTopK:
-        """Account for deleting the rows where ``keep`` (old n,) is False.
+    def _merge_ranks(self, batch: BankTopK, first_row: int) -> BankTopK:
+        """:meth:`merge` with spares on both sides: the stored ranks of the bank items the
+        batch has a row above the floor for are merged; the floor rises to the best rank that
+        no longer fits (and to the batch's floor: its unstored rows are below that)."""
+        assert self.floor is not None and batch.floor is not None
+        b_idx, b_sim = batch._stored()
+        if b_idx.shape[1] == 0:
+            return self
+        changed = np.flatnonzero((b_sim[:, 0] > self.floor) | (self.idx.shape[1] < self.k))
+        if not changed.size:
+            return self
+        mine_idx, mine_sim = self._stored()
+        width = self.k + spare_width(self.k)
+        b_idx = np.where(b_idx[changed] >= 0, b_idx[changed] + first_row, -1)
+        idx, sim = merge_topk(
+            mine_idx[changed], mine_sim[changed], b_idx, b_sim[changed], width + 1
+        )
+        floor = np.maximum(self.floor[changed], batch.floor[changed])
+        if sim.shape[1] > width:  # the first rank left out bounds every unstored row
+            floor = np.maximum(floor, sim[:, width])
+            idx, sim = idx[:, :width], sim[:, :width]
+        top = min(self.k, self.idx.shape[1] + batch.idx.shape[1])
+        part = BankTopK._split(idx, sim, self.k, self.active, floor, top)
+        if top != self.idx.shape[1]:  # filling up: every bank item changed (all stored)
+            return part
+        return self._with_rows(changed, part)
 
-        ``gallery`` is the gallery after the deletion (kept rows, in order). Bank items whose
-        top-k lost a row are recomputed against it (O(affected·n·d)); the rest are renumbered.
+    def _with_rows(self, rows: np.ndarray, part: BankTopK) -> BankTopK:
+        """A copy with bank items ``rows`` replaced by ``part``'s (same widths, spares on)."""
+        assert self.spare_idx is not None and self.spare_sim is not None
+        assert self.floor is not None and part.floor is not None
+        idx, sim = self.idx.copy(), self.sim.copy()
+        spare, spare_sim, floor = self.spare_idx.copy(), self.spare_sim.copy(), self.floor.copy()
+        idx[rows], sim[rows] = part.idx, part.sim
+        spare[rows], spare_sim[rows], floor[rows] = part.spare_idx, part.spare_sim, part.floor
+        return BankTopK(idx, sim, self.k, self.active, spare, spare_sim, floor)
+
+    def tombstone(self, live: np.ndarray, gallery: np.ndarray, bank: np.ndarray) -> BankTopK:
+        """Account for rows that died in place: ``live`` (n,) is False at every dead row, and
+        ``gallery`` (n, d) still holds them (rows keep their numbers).
+
+        A bank item whose stored ranks held a dead row drops it: its top-k takes the next
+        ranks from the spares (O(k)); only when the spares run out is it rescanned over the
+        live rows (O(n·d)). A dead row is then in no bank item's top-k, so it is neither
+        activated nor counted in any k-occurrence.
         """
-        new_row = np.cumsum(keep) - 1
-        hit = ~keep[self.idx].all(axis=1) if self.idx.size else np.zeros(len(bank), bool)
-        k_now = min(self.k, gallery.shape[0])
-        idx = np.empty((len(bank), k_now), np.int64)
-        sim = np.empty((len(bank), k_now), self.sim.dtype)
-        stay = ~hit
-        if k_now == self.idx.shape[1]:
-            idx[stay], sim[stay] = new_row[self.idx[stay]], self.sim[stay]
-        else:  # the gallery shrank below k: every bank item lost a row
-            stay[:] = False
-        redo = ~stay
-        if redo.any() and k_now:
-            fresh = BankTopK.build(gallery, bank[redo], self.k)
-            idx[redo], sim[redo] = fresh.idx, fresh.sim
-        return BankTopK(idx, sim, self.k, self.active)
+        if not self.idx.size:
+            return self
+        k_now = min(self.k, int(np.count_nonzero(live)))
+        if k_now < self.idx.shape[1]:  # fewer live rows than k: every bank item lost a row
+            return self._rescan(np.arange(len(bank)), live, gallery, bank, k_now)
+        hit = ~live[self.idx].all(axis=1)  # O(N·k) gathers, no copy of the state
+        if self.spare_idx is not None:  # (an empty spare, row -1, may read a dead last row:
+            hit |= ~live[self.spare_idx].all(axis=1)  # such a bank item just drops nothing)
+        rows = np.flatnonzero(hit)
+        if not rows.size:
+            return self
+        if self.floor is None:  # no spares: rescan
+            return self._rescan(rows, live, gallery, bank, k_now)
+        idx, sim = self._stored(rows)
+        gone = (idx >= 0) & ~live[idx]
+        idx[gone], sim[gone] = -1, -np.inf
+        order = np.argsort(gone, axis=1, kind="stable")  # the live ranks first, in their order
+        idx, sim = np.take_along_axis(idx, order, axis=1), np.take_along_axis(sim, order, axis=1)
+        width = self.idx.shape[1]  # = k_now: the top-k keeps its width
+        part = BankTopK._split(idx, sim, self.k, self.active, self.floor[rows], width)
+        short = np.flatnonzero(part.sim[:, -1] == -np.inf)  # spares ran out: not k ranks left
+        state = self._with_rows(rows, part)
+        return state if not short.size else state._rescan(rows[short], live, gallery, bank, k_now)
+
+    def _rescan(
+        self, rows: np.ndarray, live: np.ndarray, gallery: np.ndarray, bank: np.ndarray, k: int
+    ) -> BankTopK:
+        """Bank items ``rows`` ranked afresh over the live rows (top-k and spares); ``k``:
+        the top-k width now (smaller than ``self.k`` when fewer rows live)."""
+        alive = int(np.count_nonzero(live))
+        if self.floor is None:
+            idx, sim = live_topk(gallery, bank[rows], k, live, self.sim.dtype)
+            if k == self.idx.shape[1]:
+                new_idx, new_sim = self.idx.copy(), self.sim.copy()
+                new_idx[rows], new_sim[rows] = idx, sim
+                return BankTopK(new_idx, new_sim, self.k, self.active)
+            return BankTopK(idx, sim, self.k, self.active)
+        width = self.k + spare_width(self.k)
+        idx, sim = live_topk(gallery, bank[rows], width, live, self.sim.dtype)
+        part = BankTopK.from_ranks(idx, sim, self.k, self.active, alive)
+        if k == self.idx.shape[1]:
+            return self._with_rows(rows, part)
+        return part  # every bank item, at the new width
+
+    def remove(self, keep: np.ndarray, gallery: np.ndarray, bank: np.ndarray) -> BankTopK:
+        """Account for deleting the rows where ``keep`` (old n,) is False: as if they died
+        (:meth:`tombstone`, ``gallery`` the rows before the deletion), then renumbered."""
+        state = self.tombstone(keep, gallery, bank)
+        new_row = np.append(np.cumsum(keep) - 1, -1)  # row -1 (no spare) stays -1
+        spare = None if state.spare_idx is None else new_row[state.spare_idx]
+        return BankTopK(
+            new_row[state.idx],
+            state.sim,
+            self.k,
+            self.active,
+            spare,
+            state.spare_sim,
+            state.floor,
+        )
+
+
+def live_topk(
+    gallery: np.ndarray, bank: np.ndarray, k: int, live: np.ndarray, dtype: np.dtype
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each bank row's top-k gallery rows among the ``live`` ones (n,) bool, best first, lower
+    row on ties (as a fresh scan ranks them): (N, min(k, live)) rows and similarities in
+    ``dtype``. Blocked over the gallery; the dead rows score -inf and are never picked."""
+    k = min(k, int(np.count_nonzero(live)))
+    idx = np.empty((len(bank), 0), np.int64)
+    sim = np.empty((len(bank), 0), dtype)
+    work = work_dtype(gallery.dtype)
+    bank = bank.astype(work, copy=False)
+    for sl in row_blocks(gallery.shape[0], block_rows(max(1, len(bank)), work.itemsize)):
+        block = gallery[sl].astype(work, copy=False) @ bank.T  # (B, N) as the scan computes it
+        block[~live[sl]] = -np.inf
+        blk_idx, blk_sim = topk_desc(np.ascontiguousarray(block.T), k)
+        idx, sim = merge_topk(idx, sim, blk_idx + sl.start, blk_sim.astype(dtype), k)
+    return idx, sim
 
 
 def stats_from_scans(

@@ -30,6 +30,7 @@ from service.algorithms.stats import (
     dbsn_weights,
     gallery_bank_scan,
     query_bank_scan,
+    spare_width,
     stats_from_scans,
 )
 from service.algorithms.validation import InputError, check_embeddings
@@ -163,7 +164,11 @@ class GalleryView:
     embeddings: (n, d) unit rows. stats: (n, len(STAT_COLUMNS)) stat columns (``STAT_COLUMNS``).
     query_top / gallery_top: each bank item's top-k rows, whose union is the activation set.
     bank_sizes: (|BQ|, |BG|). growth: the spare-row buffers ``embeddings`` and ``stats`` are
-    the start of, if any (see :class:`GrowthBuffers`).
+    the start of, if any (see :class:`GrowthBuffers`). live: (n,) bool, False at the rows of
+    deleted or replaced items that are still in the arrays (tombstones, until a compaction);
+    None when every row is live. Every reader of rows must skip the dead ones: searches do
+    (:func:`~service.algorithms.scoring.search` and the backends), and no bank item's top-k
+    holds one (:meth:`tombstone`).
     """
 
     embeddings: np.ndarray
@@ -172,10 +177,29 @@ class GalleryView:
     gallery_top: BankTopK
     bank_sizes: tuple[int, int]
     growth: GrowthBuffers | None = field(default=None, repr=False, compare=False)
+    live: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def size(self) -> int:
+        """Rows in the arrays, dead ones included (see :attr:`live_size`)."""
         return self.embeddings.shape[0]
+
+    @cached_property
+    def live_size(self) -> int:
+        """Rows of items in the gallery (the rows minus the tombstones)."""
+        return self.size if self.live is None else int(np.count_nonzero(self.live))
+
+    @cached_property
+    def dead_rows(self) -> np.ndarray:
+        """(dead,) int64 rows of the tombstones, ascending (empty when all rows are live)."""
+        return np.empty(0, np.int64) if self.live is None else np.flatnonzero(~self.live)
+
+    def live_mask(self, allowed: np.ndarray | None = None) -> np.ndarray | None:
+        """``allowed`` (n,) bool (a filter's rows, None for all) restricted to the live rows;
+        None when that is every row."""
+        if self.live is None:
+            return allowed
+        return self.live if allowed is None else allowed & self.live
 
     @cached_property
     def activated(self) -> np.ndarray:
@@ -194,6 +218,9 @@ class GalleryView:
         (embeddings, stats), growth = append_rows(
             (self.embeddings, self.stats), self.growth, (batch.embeddings, batch.stats)
         )
+        live = self.live
+        if live is not None:
+            live = np.concatenate([live, np.ones(batch.size, dtype=bool)])
         return GalleryView(
             embeddings,
             stats,
@@ -201,17 +228,38 @@ class GalleryView:
             self.gallery_top.merge(batch.gallery_top, self.size),
             self.bank_sizes,
             growth,
+            live,
         )
+
+    def tombstone(self, live: np.ndarray, banks: Banks) -> GalleryView:
+        """This view with the rows where ``live`` (n,) is False dead, left in place: O(n/8)
+        for the mask plus the rescan of the bank items whose top-k held a newly dead row
+        (over the live rows). Arrays and growth buffers are shared with this view."""
+        return GalleryView(
+            self.embeddings,
+            self.stats,
+            self.query_top.tombstone(live, self.embeddings, banks.query_bank),
+            self.gallery_top.tombstone(live, self.embeddings, banks.gallery_bank),
+            self.bank_sizes,
+            self.growth,
+            None if live.all() else live,
+        )
+
+    def compacted(self, banks: Banks) -> GalleryView:
+        """This view with its dead rows dropped (live rows renumbered in order; one O(n·d)
+        copy): what a fresh start on the live items builds."""
+        return self if self.live is None else self.remove(self.live, banks)
 
     def remove(self, keep: np.ndarray, banks: Banks) -> GalleryView:
         """This view without the rows where ``keep`` (n,) is False (one O(n·d) copy; the bank
-        items whose top-k lost a row are recomputed)."""
+        items whose top-k lost a row are recomputed). Dead rows go too: the result has none."""
+        keep = keep if self.live is None else keep & self.live
         (embeddings, stats), growth = keep_rows((self.embeddings, self.stats), keep)
         return GalleryView(
             embeddings,
             stats,
-            self.query_top.remove(keep, embeddings, banks.query_bank),
-            self.gallery_top.remove(keep, embeddings, banks.gallery_bank),
+            self.query_top.remove(keep, self.embeddings, banks.query_bank),
+            self.gallery_top.remove(keep, self.embeddings, banks.gallery_bank),
             self.bank_sizes,
             growth,
         )
@@ -238,17 +286,17 @@ def _view(
     dis_topk columns are the activation set) for the hub screening's k-occurrence."""
     k_q, k_g = neighbours or (None, None)
     width = max(norm.dis_topk, hub_topk)
+    q_ranks, g_ranks = width + spare_width(width), norm.dis_topk + spare_width(norm.dis_topk)
     qs = query_bank_scan(
-        items, banks.query_bank, norm, banks.dbsn(norm), neighbour_k=k_q, bank_topk=width
+        items, banks.query_bank, norm, banks.dbsn(norm), neighbour_k=k_q, bank_topk=q_ranks
     )
-    gs = gallery_bank_scan(
-        items, banks.gallery_bank, norm, neighbour_k=k_g, bank_topk=norm.dis_topk
-    )
+    gs = gallery_bank_scan(items, banks.gallery_bank, norm, neighbour_k=k_g, bank_topk=g_ranks)
+    n = items.shape[0]
     view = GalleryView(
         items,
         stats_from_scans(qs, gs, norm),
-        BankTopK(qs.bank_top_idx, qs.bank_top_sim, width, norm.dis_topk),
-        BankTopK(gs.bank_top_idx, gs.bank_top_sim, norm.dis_topk),
+        BankTopK.from_ranks(qs.bank_top_idx, qs.bank_top_sim, width, norm.dis_topk, n),
+        BankTopK.from_ranks(gs.bank_top_idx, gs.bank_top_sim, norm.dis_topk, None, n),
         banks.sizes,
     )
     return view, qs.neighbour_sum, gs.neighbour_sum

@@ -59,6 +59,9 @@ class SearchBackend(ABC):
     """Top-k search over one gallery view. Instances are immutable once built."""
 
     name: str
+    #: whether it serves views with dead rows (``GalleryView.live``); if not, the engine
+    #: removes rows at once (O(n·d)) instead of leaving tombstones
+    tombstones: bool = True
 
     def __init__(
         self,
@@ -88,7 +91,8 @@ class SearchBackend(ABC):
     ) -> Hits:
         """Top-k of ``method`` for (m, d) normalised ``queries``: the whole path in one call.
 
-        ``allowed``: (n,) bool, the rows a metadata filter lets through (None: all). The result
+        ``allowed``: (n,) bool, the rows a metadata filter lets through (None: all; dead rows
+        never pass, whatever the filter says, see :meth:`GalleryView.live_mask`). The result
         is then the ranking of all rows restricted to the allowed ones (k' ≤ their number). The
         raw top-1 pass of the dynamic methods stays over the whole gallery: the activation is a
         property of the query, not of the filter.
@@ -101,18 +105,20 @@ class SearchBackend(ABC):
             return raw.rows
 
         plan = plan_for(method, params, self.view, queries.shape[0], top1)
+        allowed = self.view.live_mask(allowed)  # dead rows (tombstones) are never found
         rows, scores = self._ranked(queries, plan, k, allowed, raw)
         return Hits(rows, scores, plan)
 
     def top1(self, queries: np.ndarray) -> np.ndarray:
         """(m,) row of each query's best gallery item by raw cosine (0 on an empty gallery)."""
-        if self.view.size == 0:
+        if self.view.live_size == 0:
             return np.zeros(queries.shape[0], np.int64)
         return self._raw_top1(queries).rows
 
     @abstractmethod
     def _raw_top1(self, queries: np.ndarray) -> RawTop1:
-        """The raw top-1 pass over a non-empty view (the dynamic methods' first step)."""
+        """The raw top-1 pass over a view with live rows (the dynamic methods' first step);
+        tombstones are never a top-1."""
 
     @abstractmethod
     def _ranked(

@@ -20,10 +20,12 @@ class ExactBackend(SearchBackend):
     name = "exact"
 
     def _raw_top1(self, queries: np.ndarray) -> RawTop1:
-        embeddings = self.view.embeddings
-        if self.view.size > search_block_rows(self.view, queries.shape[0]):
-            return RawTop1(top1_raw(queries, embeddings))
-        product = queries @ embeddings.T
+        view = self.view
+        if view.size > search_block_rows(view, queries.shape[0]):
+            return RawTop1(top1_raw(queries, view.embeddings, view.live))
+        product = queries @ view.embeddings.T
+        # tombstones are never a top-1; ``_ranked`` masks them too, so the product stays usable
+        product[:, view.dead_rows] = -np.inf
         return RawTop1(product.argmax(axis=1), product)
 
     def _ranked(

@@ -158,6 +158,13 @@ class FaissBackend(SearchBackend):
         self._selector: faiss.IDSelector | None = None
         self._bitmap: np.ndarray | None = None  # kept alive for the selector
         self.rebuilt = True  # False when the index was derived from ``previous`` (for tests/logs)
+        if (
+            isinstance(previous, FaissBackend)
+            and previous.kind == index
+            and _same_rows(view, previous)
+        ):
+            self._share(previous)  # only tombstones changed: the index serves as it is
+            return
         derivable = (
             isinstance(previous, FaissBackend) and previous.kind == index and index != "flat"
         )
@@ -222,6 +229,13 @@ class FaissBackend(SearchBackend):
             self._selector = faiss.IDSelectorBitmap(total, faiss.swig_ptr(self._bitmap))
         self.rebuilt = False
         return True
+
+    def _share(self, previous: FaissBackend) -> None:
+        """Serve ``previous``'s index (never written once built: a change derives a clone)."""
+        self._layout, self._index = previous._layout, previous._index
+        self._slot_of_row, self._row_of_slot = previous._slot_of_row, previous._row_of_slot
+        self._selector, self._bitmap = previous._selector, previous._bitmap
+        self.rebuilt = False
 
     def _kept_rows(self, previous: FaissBackend) -> np.ndarray:
         """Rows of ``previous`` that this view's first rows are, unchanged, in order.
@@ -300,11 +314,19 @@ class FaissBackend(SearchBackend):
     def _raw_top1(self, queries: np.ndarray) -> RawTop1:
         m = queries.shape[0]
         raw = QueryPlan(1.0, np.zeros((m, _STATS)), np.zeros(m))
-        rows = self._search(self._layout.queries(queries, raw)[0], 1)[1][:, 0]
+        coords = self._layout.queries(queries, raw)[0]
+        rows = self._search(coords, 1, self.view.live_mask())[1][:, 0]
         short = rows < 0
         if short.any():
-            rows[short] = top1_raw(queries[short], self.view.embeddings)
+            rows[short] = top1_raw(queries[short], self.view.embeddings, self.view.live)
         return RawTop1(rows.astype(np.int64, copy=False))
+
+
+def _same_rows(view: GalleryView, previous: FaissBackend) -> bool:
+    """Whether ``view`` has the very arrays ``previous`` indexed (a change that only made rows
+    dead, or none): an O(1) identity test, not a comparison."""
+    before = previous.view
+    return view.embeddings is before.embeddings and view.stats is before.stats
 
 
 def _rows_equal(view: GalleryView, before: GalleryView, rows: np.ndarray) -> np.ndarray:

@@ -309,6 +309,7 @@ class MilvusBackend(SearchBackend):
     """
 
     name = "milvus"
+    tombstones = False  # the collection is keyed by id and synced from whole views
 
     def __init__(
         self,

@@ -26,7 +26,7 @@ from service.engine.persistence import TMP_PREFIX
 log = logging.getLogger(__name__)
 
 #: Bump when the layout or the maths of the cached arrays change.
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 DIGEST = "digest"
 
 
@@ -37,30 +37,39 @@ def cache_key(data_digest: str, params: dict[str, object]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
+#: the arrays of a :class:`BankTopK` (its spares too: without them every delete rescans)
+_TOP_FIELDS = ("idx", "sim", "spare_idx", "spare_sim", "floor")
+
+
 def _view_arrays(prefix: str, view: GalleryView) -> dict[str, np.ndarray]:
-    return {
+    arrays = {
         f"{prefix}_embeddings": view.embeddings,
         f"{prefix}_stats": view.stats,
-        f"{prefix}_qtop_idx": view.query_top.idx,
-        f"{prefix}_qtop_sim": view.query_top.sim,
-        f"{prefix}_gtop_idx": view.gallery_top.idx,
-        f"{prefix}_gtop_sim": view.gallery_top.sim,
         # widths: the query bank's top-k may be wider than its activation set (hub screening)
         f"{prefix}_top_k": np.array(
             [view.query_top.k, view.query_top.active or 0, view.gallery_top.k], np.int64
         ),
     }
+    for name, top in (("qtop", view.query_top), ("gtop", view.gallery_top)):
+        for part in _TOP_FIELDS:
+            if getattr(top, part) is not None:
+                arrays[f"{prefix}_{name}_{part}"] = getattr(top, part)
+    return arrays
 
 
 def _view_from(prefix: str, arrays: dict[str, np.ndarray], sizes: tuple[int, int]) -> GalleryView:
     query_k, active, gallery_k = (int(x) for x in arrays[f"{prefix}_top_k"])
+
+    def top(name: str, k: int, active: int | None) -> BankTopK:
+        idx, sim = arrays[f"{prefix}_{name}_idx"], arrays[f"{prefix}_{name}_sim"]
+        spares = (arrays.get(f"{prefix}_{name}_{part}") for part in _TOP_FIELDS[2:])
+        return BankTopK(idx, sim, k, active, *spares)
+
     return GalleryView(
         arrays[f"{prefix}_embeddings"],
         arrays[f"{prefix}_stats"],
-        BankTopK(
-            arrays[f"{prefix}_qtop_idx"], arrays[f"{prefix}_qtop_sim"], query_k, active or None
-        ),
-        BankTopK(arrays[f"{prefix}_gtop_idx"], arrays[f"{prefix}_gtop_sim"], gallery_k),
+        top("qtop", query_k, active or None),
+        top("gtop", gallery_k, None),
         sizes,
     )
 

@@ -102,6 +102,8 @@ def diagnose(
             hub_limit=hub_limit,
         )
     state: GalleryState = engine.state
+    if state.dead:  # every statistic below is over rows: drop the dead ones first
+        state = engine.compact_tombstones()
     if state.size == 0:
         raise InputError("gallery", "the gallery is empty; there is nothing to diagnose")
     truth = state.rows_of(truth_ids, "truth_ids") if truth_ids is not None else None
@@ -122,7 +124,7 @@ def diagnose(
                 quality = retrieval_quality(ranks_of(probes, view, hits.plan, truth))
             top = top_hubs(occurrence, hub_limit)
             hubs = [
-                Hub(state.ids[row], int(count), float(z), state.metadata[row])
+                Hub(state.catalog.ids[row], int(count), float(z), state.catalog.metadata[row])
                 for row, count, z in zip(top.rows, top.occurrence, top.z, strict=True)
             ]
             histogram = occurrence_histogram(occurrence)

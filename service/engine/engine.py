@@ -9,6 +9,11 @@ one, its backends committed (external writes, Milvus) before the log transaction
 swapped in (durable before visible; a failure anywhere leaves the served state as it was). Changes
 that arrive while one is being committed are committed together (group commit, see
 :meth:`Engine.apply`): one log transaction and one swap for all of them.
+
+Deletes and replacements leave the items' rows in place, dead (tombstones, O(batch)); once dead
+rows exceed :attr:`Engine.dead_share` of the rows, a background thread drops them
+(:meth:`Engine.compact_tombstones`, O(n·d), under the write lock from the latest state, so no
+change is lost and searches go on with whole states).
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ log = logging.getLogger(__name__)
 
 #: filter masks remembered (per gallery version and filter; n bytes each)
 MASK_CACHE = 32
+#: default share of dead rows (tombstones) past which they are compacted away in the background
+DEAD_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -138,9 +145,11 @@ class Engine:
         invgc: InvGCParams | None,
         backend: BackendFactory,
         screening: HubScreening | None = None,
+        dead_share: float = DEAD_SHARE,
     ) -> None:
         """``screening``: needs a state whose original query-bank top-k is at least
-        ``screening.k`` wide (``prepare_items(..., hub_topk=k)``)."""
+        ``screening.k`` wide (``prepare_items(..., hub_topk=k)``). ``dead_share``: compact the
+        rows once this share of them are dead."""
         if screening is not None and state.original.query_top.k < screening.k:
             width = state.original.query_top.k
             raise ValueError(f"hub screening at k={screening.k} needs a top-k state ≥ {width}")
@@ -159,7 +168,14 @@ class Engine:
         self._committing = False
         self._group = threading.Condition(threading.Lock())
         self._compacting = threading.Lock()  # held by the one background compaction
-        self._masks: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
+        self._dropping = threading.Lock()  # held by the one background drop of dead rows
+        self.dead_share = dead_share
+        #: deletes leave tombstones unless a back end cannot serve them or full-adjacency InvGC
+        #: rebuilds every row anyway
+        self._tombstones = (invgc is None or invgc.adjacency == "local") and all(
+            b.tombstones for b in state.backends.values()
+        )
+        self._masks: OrderedDict[tuple[int, int, str], np.ndarray] = OrderedDict()
         self._masks_lock = threading.Lock()
         #: the live query bank feeding this engine's query bank, if HUBLESS_LIVE_QUERY_BANK
         self.live_bank: LiveQueryBank | None = None
@@ -177,11 +193,12 @@ class Engine:
         *,
         version: int = 1,
         screening: HubScreening | None = None,
+        dead_share: float = DEAD_SHARE,
     ) -> Engine:
         """``version``: of this gallery (a snapshot continues the numbering of its changes)."""
         state = _whole_state(version, Catalog.create(ids, metadata), prepared, invgc, backend)
         state.commit()
-        return cls(state, banks, norm, invgc, backend, screening)
+        return cls(state, banks, norm, invgc, backend, screening, dead_share)
 
     @property
     def state(self) -> GalleryState:
@@ -203,7 +220,8 @@ class Engine:
         """A page of gallery ids and metadata, in gallery order, with the total count."""
         state = self._state
         end = min(state.size, offset + limit)
-        items = [{"id": state.ids[r], "metadata": state.metadata[r]} for r in range(offset, end)]
+        ids, metadata = state.ids, state.metadata  # the live items in order (not by row)
+        items = [{"id": ids[i], "metadata": metadata[i]} for i in range(offset, end)]
         return page_body(state.version, state.size, offset, limit, items)
 
     def item(self, item_id: str, embedding: bool = False) -> dict:
@@ -217,7 +235,7 @@ class Engine:
         return {
             "id": item_id,
             "version": state.version,
-            "metadata": state.metadata[row],
+            "metadata": state.catalog.metadata[row],  # by row: ``state.metadata`` skips dead rows
             "embedding": state.original.embeddings[row].tolist() if embedding else None,
             "stats": stats(state.original),
             "invgc_stats": stats(state.adjusted) if state.adjusted is not None else None,
@@ -236,7 +254,7 @@ class Engine:
         if self._store is None:
             raise RuntimeError("this engine has no durable store")
         with self._write_lock:
-            state = self._state
+            state = self._drop_dead()
             self._store.snapshot(state.ids, state.metadata, state.original.embeddings)
             if self._on_compact is not None:
                 self._on_compact(state)
@@ -257,6 +275,60 @@ class Engine:
 
         threading.Thread(target=run, name="compaction", daemon=True).start()
 
+    def compact_tombstones(self) -> GalleryState:
+        """Drop the dead rows (tombstones) of the current state and serve the result: the state
+        a fresh start on the live items builds, same version. O(n·d) under the write lock
+        (changes wait; searches go on with the previous state). Returns the state served."""
+        with self._write_lock:
+            return self._drop_dead()
+
+    def _drop_dead(self) -> GalleryState:
+        """:meth:`compact_tombstones`, the write lock held."""
+        state = self._state
+        if not state.dead:
+            return state
+        started = time.perf_counter()
+        dense = GalleryState.create(
+            state.version,
+            state.catalog.keep(np.ones(len(state.catalog.ids), dtype=bool)),
+            state.original.compacted(self.banks),
+            None if state.adjusted is None else state.adjusted.compacted(self.banks),
+            self._backend,
+            state,
+            state.gallery_sum,
+        )
+        self._state = dense
+        log.info(
+            "dead rows dropped",
+            extra={
+                "version": dense.version,
+                "size": dense.size,
+                "dead": state.dead,
+                "seconds": round(time.perf_counter() - started, 4),
+            },
+        )
+        return dense
+
+    def _after_swap(self, state: GalleryState) -> None:
+        """Start the background work a new state is due for: the store's snapshot, or the drop
+        of dead rows once they exceed ``dead_share`` of the rows (one thread at a time)."""
+        if self._store is not None and self._store.due_for_compaction:
+            self._compact_in_background()
+        if state.dead <= self.dead_share * len(state.catalog.ids):
+            return
+        if not self._dropping.acquire(blocking=False):
+            return
+
+        def run() -> None:
+            try:
+                self.compact_tombstones()
+            except Exception:  # the state keeps its dead rows; the next change retries
+                log.exception("dropping dead rows failed")
+            finally:
+                self._dropping.release()
+
+        threading.Thread(target=run, name="drop-dead-rows", daemon=True).start()
+
     def replace_query_bank(
         self, query_bank: np.ndarray, *, commit: Callable[[], None] | None = None
     ) -> None:
@@ -271,7 +343,7 @@ class Engine:
         """
         with self._write_lock:
             started = time.perf_counter()
-            state = self._state
+            state = self._drop_dead()  # the new bank's precompute is over the live rows only
             banks = Banks(query_bank, self.banks.gallery_bank)
             prepared = prepare_items(
                 state.original.embeddings,
@@ -329,7 +401,7 @@ class Engine:
         hits = state.backend(invgc).search(queries, method, self.norm, k + offset, allowed)
         rows, scores = hits.rows[:, offset:], hits.scores[:, offset:]
         sims = np.einsum("md,mkd->mk", queries, state.original.embeddings[rows]).astype(np.float64)
-        ids_of = state.id_array
+        ids_of = state.id_array  # by row, as ``meta`` below (dead rows are never found)
         keep = None if score_threshold is None else scores >= score_threshold
         if keep is not None:
             rows = [r[f] for r, f in zip(rows, keep, strict=True)]  # type: ignore[assignment]
@@ -337,22 +409,26 @@ class Engine:
             sims = [c[f] for c, f in zip(sims, keep, strict=True)]  # type: ignore[assignment]
         metadata = None
         if with_metadata:
-            meta = state.metadata
+            meta = state.catalog.metadata
             metadata = [[meta[r] for r in row.tolist()] for row in rows]
         # without a threshold one vectorised lookup; with one, a lookup per query
         ids = ids_of[rows].tolist() if keep is None else [ids_of[r].tolist() for r in rows]
         return SearchResult(state.version, method, invgc, ids, list(scores), list(sims), metadata)
 
     def _allowed(self, state: GalleryState, where: Predicate, key: str | None) -> np.ndarray:
-        """The rows of ``state`` that pass ``where``; cached per (version, key), a few."""
+        """The rows of ``state`` that pass ``where`` (dead rows included: the back ends leave
+        them out); cached per (version, row count, key), a few (dropping dead rows keeps the
+        version but changes the row count)."""
+        metadata = state.catalog.metadata
         if key is None:
-            return allowed_rows(state.metadata, where)
+            return allowed_rows(metadata, where)
+        cache_key = (state.version, len(metadata), key)
         with self._masks_lock:
-            mask = self._masks.get((state.version, key))
+            mask = self._masks.get(cache_key)
         if mask is None:
-            mask = allowed_rows(state.metadata, where)
+            mask = allowed_rows(metadata, where)
             with self._masks_lock:
-                self._masks[(state.version, key)] = mask
+                self._masks[cache_key] = mask
                 while len(self._masks) > MASK_CACHE:
                     self._masks.popitem(last=False)
         return mask
@@ -392,7 +468,8 @@ class Engine:
                 state, result = self._next_state(self._state, change)
                 state.commit()
                 self._state = state
-                return result
+            self._after_swap(state)
+            return result
         pending = _Pending(change)
         with self._group:
             self._queue.append(pending)
@@ -448,8 +525,7 @@ class Engine:
                 pending.result, pending.error = None, exc
             return
         self._state = state
-        if self._store is not None and self._store.due_for_compaction:
-            self._compact_in_background()
+        self._after_swap(state)
         results = [p.result for p in accepted if p.result is not None]
         log.info(
             "gallery changed",
@@ -505,8 +581,8 @@ class Engine:
             except Exception:  # find which change fails: one by one
                 return self._apply_each(state, run)
             after = replace(after, version=state.version + len(run))  # one version per change
-            found = self._suspects(after, np.arange(state.size, after.size))  # once per run
-            first = state.size
+            first = state.row_count  # the run's rows: after the state's last row
+            found = self._suspects(after, np.arange(first, after.row_count))  # once per run
             for pending, change in zip(run, changes, strict=True):
                 result = ChangeResult(after.version, after.size, len(change.ids), 0, 0)
                 pending.result = self._screen(after, change, result, first, found)
@@ -530,8 +606,9 @@ class Engine:
     def _next_state(
         self, state: GalleryState, change: Change, *, with_backends: bool = True
     ) -> tuple[GalleryState, ChangeResult]:
-        """The state after ``change``: O(batch) for new ids (appends, per-item stats and InvGC of
-        the batch alone), plus one O(n·d) compaction when rows go (deletes and replacements).
+        """The state after ``change``: O(batch) (appends, per-item stats and InvGC of the batch
+        alone; the rows of deleted and replaced items left dead), or one O(n·d) copy when rows
+        go and tombstones are off (full-adjacency InvGC, Milvus).
         ``with_backends=False``: a state without search back ends (inside a group commit)."""
         rows = state.rows
         replaced = [i for i in change.ids if i in rows]
@@ -540,14 +617,22 @@ class Engine:
         catalog, original, adjusted = state.catalog, state.original, state.adjusted
         gallery_sum = state.gallery_sum
         if replaced:
-            keep = np.ones(state.size, dtype=bool)
-            keep[state.rows_of(replaced)] = False
+            gone = state.rows_of(replaced)
             if gallery_sum is not None:
-                gallery_sum = gallery_sum - original.embeddings[~keep].sum(axis=0, dtype=np.float64)
-            catalog = catalog.keep(keep)
-            original = original.remove(keep, self.banks)
-            if adjusted is not None and self._per_item_invgc:
-                adjusted = adjusted.remove(keep, self.banks)
+                gallery_sum = gallery_sum - original.embeddings[gone].sum(axis=0, dtype=np.float64)
+            if self._tombstones:
+                catalog = catalog.tombstone(gone)
+                assert catalog.live is not None
+                original = original.tombstone(catalog.live, self.banks)
+                if adjusted is not None and self._per_item_invgc:
+                    adjusted = adjusted.tombstone(catalog.live, self.banks)
+            else:
+                keep = np.ones(state.row_count, dtype=bool)
+                keep[gone] = False
+                catalog = catalog.keep(keep)
+                original = original.remove(keep, self.banks)
+                if adjusted is not None and self._per_item_invgc:
+                    adjusted = adjusted.remove(keep, self.banks)
         inserted = 0
         if isinstance(change, Upsert):
             invgc = self.invgc if self._per_item_invgc else None
@@ -581,8 +666,9 @@ class Engine:
         is an outlier among all gallery items' (robust z, zeros included); O(|BQ|·k + n)."""
         if self.screening is None:
             return None
-        occurrence = state.original.query_top.occurrence(state.size, self.screening.k)
-        return suspected_hubs(occurrence, rows, self.screening.z)
+        view = state.original
+        occurrence = view.query_top.occurrence(view.size, self.screening.k)
+        return suspected_hubs(occurrence, rows, self.screening.z, view.live)
 
     def _screen(
         self,
@@ -601,7 +687,7 @@ class Engine:
         if self.screening is None:
             return result
         if first is None:
-            first = state.size - len(change.ids)
+            first = state.row_count - len(change.ids)
         if found is None:
             found = self._suspects(state, np.arange(first, first + len(change.ids)))
             assert found is not None

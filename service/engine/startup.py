@@ -226,7 +226,16 @@ def load_engine(settings: Settings, opened: OpenedStore | None = None) -> Engine
     # every logged change made one version, so a snapshot of seq changes is version 1 + seq
     version = 1 + (snapshot.seq if snapshot else 0)
     engine = Engine.from_prepared(
-        ids, metadata, prepared, banks, norm, invgc, backend, version=version, screening=screening
+        ids,
+        metadata,
+        prepared,
+        banks,
+        norm,
+        invgc,
+        backend,
+        version=version,
+        screening=screening,
+        dead_share=settings.dead_share,
     )
     for change in changes:
         engine.apply(change, record=False)

@@ -98,7 +98,7 @@ class ServedView:
     bank_sizes: tuple[int, int]
 
     @property
-    def size(self) -> int:
+    def live_size(self) -> int:
         return self.served.size
 
     def activation(self, top1: Sequence[str | None]) -> np.ndarray:

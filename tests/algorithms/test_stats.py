@@ -13,8 +13,11 @@ from service.algorithms import (
     STAT_COLUMNS,
     BankTopK,
     InvGCParams,
+    get_normaliser,
     item_stats,
     prepare_items,
+    search,
+    top1_raw,
 )
 from tests.support import reference as ref
 
@@ -256,6 +259,119 @@ def test_remove_then_append_equals_fresh(seed, k, data):
     act_q, act_g = activation_sets(view)
     assert act_q == ref.activation_set(gallery, p.query_bank, k)
     assert act_g == ref.activation_set(gallery, p.gallery_bank, k)
+
+
+def _loop_live_topk(gallery, bank, live, k) -> list[list[int]]:
+    """Each bank item's k best live gallery rows, best first (lower row on ties), by loops."""
+    alive = [j for j in range(len(gallery)) if live[j]]
+    out = []
+    for b in bank:
+        sims = [ref.dot(b, gallery[j]) for j in alive]
+        out.append([alive[i] for i in ref.order_desc(sims)[:k]])
+    return out
+
+
+@given(seed=seeds, n=st.integers(1, 14), k=st.integers(1, 5), data=st.data())
+@PROPERTY
+def test_tombstoned_bank_topk_equals_a_loop_over_the_live_rows(seed, n, k, data):
+    """BankTopK.tombstone rescans exactly the bank items whose top-k held a newly dead row, over
+    the live rows: the result is each bank item's top-k of the live rows (loop reference),
+    the dead rows are in none, and the untouched bank items keep their arrays as they were."""
+    p = make_problem(seed, n=n)
+    top = BankTopK.build(p.gallery, p.query_bank, k)
+    live = np.ones(n, bool)
+    for _ in range(2):  # a second round kills rows of a gallery that already has dead ones
+        live = live & np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+        after = top.tombstone(live, p.gallery, p.query_bank)
+        want = _loop_live_topk(p.gallery, p.query_bank, live, k)
+        assert after.idx.tolist() == want
+        assert after.idx.shape == (len(p.query_bank), min(k, int(live.sum())))
+        sims = ref.similarities(p.query_bank, p.gallery)
+        want_sim = [[sims[b, j] for j in row] for b, row in enumerate(want)]
+        # float32 products of unit vectors: d·eps apart at most from the float64 loop
+        np.testing.assert_allclose(
+            after.sim,
+            np.array(want_sim).reshape(after.sim.shape),
+            atol=4 * p.gallery.shape[1] * 2**-23,
+        )
+        assert not after.occurrence(n, after.idx.shape[1])[~live].any()
+        if after.idx.shape[1] == top.idx.shape[1]:  # untouched bank items: as they were
+            untouched = live[top.idx].all(axis=1)
+            np.testing.assert_array_equal(after.idx[untouched], top.idx[untouched])
+            np.testing.assert_array_equal(after.sim[untouched], top.sim[untouched])
+        top = after
+
+
+@given(
+    seed=seeds,
+    k=st.integers(1, 4),
+    spares=st.booleans(),
+    steps=st.lists(st.tuples(st.booleans(), st.integers(1, 3)), min_size=1, max_size=12),
+)
+@PROPERTY
+def test_bank_topk_through_appends_and_deaths_equals_a_loop_over_the_live_rows(
+    seed, k, spares, steps
+):
+    """Appends (merge) and deaths (tombstone) in any order, with spares (the next ranks and
+    the floor below which nothing is stored) or without (every loss rescans): after each step
+    the top-k is each bank item's top-k of the live rows, by a loop over them."""
+    rng = np.random.default_rng(seed)
+    p = make_problem(seed, n=40)
+    n0 = 20
+    top = BankTopK.build(p.gallery[:n0], p.query_bank, k)
+    if not spares:
+        top = BankTopK(top.idx, top.sim, k)
+    live, n = np.ones(n0, bool), n0
+    for grow, count in steps:
+        if grow and n < len(p.gallery):
+            batch = p.gallery[n : n + count]
+            top = top.merge(BankTopK.build(batch, p.query_bank, k), n)
+            live = np.concatenate([live, np.ones(len(batch), bool)])
+            n += len(batch)
+        elif live.sum() > 1:
+            live = live.copy()
+            live[
+                rng.choice(np.flatnonzero(live), min(count, int(live.sum()) - 1), replace=False)
+            ] = False
+            top = top.tombstone(live, p.gallery[:n], p.query_bank)
+        assert top.idx.tolist() == _loop_live_topk(p.gallery[:n], p.query_bank, live, k)
+        assert (top.floor is not None) == spares
+
+
+@given(seed=seeds, k=topks, invgc=st.sampled_from([None, local_invgc()]), data=st.data())
+@PROPERTY
+def test_tombstoned_view_serves_the_live_rows_and_compacts_to_a_fresh_view(seed, k, invgc, data):
+    """A view with dead rows: the live rows' stats and activation are a fresh build's on the live
+    rows, searches never return a dead row, appends after it stay exact, and compacting it
+    gives the fresh view row for row."""
+    p = make_problem(seed, n=14)
+    params = small_params(dis_topk=k)
+    live = np.array(data.draw(st.lists(st.booleans(), min_size=10, max_size=10)), dtype=bool)
+    live[0] = True
+    whole = prepare_items(p.gallery[:10], p.banks, params, invgc)
+    batch = prepare_items(p.gallery[10:], p.banks, params, invgc)
+    for part in ("original",) + (("adjusted",) if invgc is not None else ()):
+        view = getattr(whole, part).tombstone(live, p.banks)
+        view = view.append(getattr(batch, part), p.banks)
+        alive = np.concatenate([live, np.ones(4, bool)])
+        assert view.live_size == int(alive.sum()) and view.size == 14
+        np.testing.assert_array_equal(view.dead_rows, np.flatnonzero(~alive))
+        gallery = np.concatenate([getattr(whole, part).embeddings, getattr(batch, part).embeddings])
+        fresh = _fresh_view(gallery[alive], p, params)
+        np.testing.assert_allclose(view.stats[alive], fresh.stats, atol=1e-12)  # row by row
+        np.testing.assert_array_equal(view.activated[alive], fresh.activated)
+        assert not view.activated[~alive].any()
+        plan = get_normaliser("raw").plan(params, view.bank_sizes, 3, None)
+        rows, _ = search(p.gallery[:3], view, plan, 14)
+        assert rows.shape[1] == alive.sum() and alive[rows].all()
+        assert alive[top1_raw(p.gallery[:3], view.embeddings, view.live)].all()
+        # rescanned similarities come from other BLAS calls (gemv for one bank row): d·eps
+        assert_views_equal(view.compacted(p.banks), fresh, atol=4 * gallery.shape[1] * 2**-23)
+
+
+def _fresh_view(gallery, p, params):
+    """A view of ``gallery`` built from scratch (its own stats: no InvGC on top)."""
+    return prepare_items(gallery, p.banks, params, None).original
 
 
 def test_views_are_immutable(problem):

@@ -185,8 +185,9 @@ def test_incremental_hnsw_serves_like_a_fresh_build(demo):
     for invgc in (False, True):
         backend = state.backend(invgc)
         assert isinstance(backend, FaissBackend) and not backend.rebuilt
-        fresh = FaissBackend(state.view(invgc), state.ids, index="hnsw", hnsw=backend.hnsw)
-        exact = ExactBackend(state.view(invgc), state.ids)
+        ids = state.catalog.ids  # by row (the deleted items' rows are dead)
+        fresh = FaissBackend(state.view(invgc), ids, index="hnsw", hnsw=backend.hnsw)
+        exact = ExactBackend(state.view(invgc), ids)
         for method in METHODS:
             want = method_search(exact, demo["queries"], method)
             derived_rows, derived_scores = method_search(backend, demo["queries"], method)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from service.algorithms import check_embeddings
 from service.backends import backend_factory
@@ -36,9 +37,13 @@ def _schedule() -> list[tuple[str, int]]:
     return changes
 
 
-def test_searches_see_exactly_one_version(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dead_share", [1.0, 0.005])
+def test_searches_see_exactly_one_version(tmp_path: Path, dead_share: float) -> None:
+    """``dead_share`` 1: deleted rows stay dead throughout; 0.005: they are dropped in the
+    background every few deletes (a new state of the same version), while searches run."""
     files = write_demo_slices(tmp_path / "data")
     engine = load_engine(files.settings(tmp_path / "var", cache=False))
+    engine.dead_share = dead_share
     probes = check_embeddings(demo_queries(PROBES)[0], field="probes")
     base_ids = set(engine.state.ids)
     schedule = _schedule()
@@ -85,6 +90,10 @@ def test_searches_see_exactly_one_version(tmp_path: Path) -> None:
         thread.join(timeout=60)
     assert not errors, errors
     assert engine.state.version == 1 + len(schedule)
+    with engine._dropping:  # a drop of dead rows still running in the background is over
+        dead = engine.state.dead
+    deletes = sum(op == "delete" for op, _ in schedule)
+    assert dead == deletes if dead_share == 1 else dead < deletes  # dropped (or never) as set
 
     versions = {result.version for _, result in seen}
     assert len(versions) > 3, "the readers never overlapped the writer"

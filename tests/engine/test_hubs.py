@@ -83,20 +83,28 @@ def test_bank_topk_and_occurrence_equal_a_fresh_build(dis_topk: int, hub_k: int)
         gallery.update(zip(new + old, rows, strict=True))
         if step == 10:
             assert len(gallery) < width + 5  # the shrink below k happened just before
-    state = engine.state
-    assert state.ids == tuple(gallery)
-    n, bank = state.size, engine.banks.query_bank
-    fresh = BankTopK.build(np.array(list(gallery.values())), bank, width, dis_topk)
-    got = state.original.query_top
-    assert (got.k, got.active) == (width, dis_topk)
-    np.testing.assert_array_equal(got.idx, fresh.idx)
-    # the same float32 dot products of unit vectors, blocked differently: d·eps apart at most
-    np.testing.assert_allclose(got.sim, fresh.sim, atol=4 * bank.shape[1] * 2**-23)
-    np.testing.assert_array_equal(got.occurrence(n, hub_k), fresh.occurrence(n, hub_k))
-    expected = np.zeros(n, bool)
-    for row in (bank @ np.array(list(gallery.values())).T).argsort(axis=1)[:, ::-1][:, :dis_topk]:
-        expected[row] = True  # each bank item's dis_topk best rows, the slow way
-    np.testing.assert_array_equal(state.original.activated[:, 0], expected)
+    for _ in range(2):  # with the deleted items' rows dead, then with them dropped
+        state = engine.state
+        assert state.ids == tuple(gallery)
+        n, bank = state.size, engine.banks.query_bank
+        rows = np.array([state.rows[i] for i in gallery])  # each item's row (dead ones between)
+        position = np.full(state.row_count, -1)
+        position[rows] = np.arange(n)  # a row's place in the fresh gallery (-1: dead)
+        fresh = BankTopK.build(np.array(list(gallery.values())), bank, width, dis_topk)
+        got = state.original.query_top
+        assert (got.k, got.active) == (width, dis_topk)
+        np.testing.assert_array_equal(position[got.idx], fresh.idx)
+        # the same float32 dot products of unit vectors, blocked differently: d·eps apart at most
+        np.testing.assert_allclose(got.sim, fresh.sim, atol=4 * bank.shape[1] * 2**-23)
+        occurrence = got.occurrence(state.row_count, hub_k)
+        np.testing.assert_array_equal(occurrence[rows], fresh.occurrence(n, hub_k))
+        assert occurrence.sum() == fresh.occurrence(n, hub_k).sum()  # none on a dead row
+        expected = np.zeros(n, bool)
+        sims = bank @ np.array(list(gallery.values())).T
+        for row in sims.argsort(axis=1)[:, ::-1][:, :dis_topk]:
+            expected[row] = True  # each bank item's dis_topk best rows, the slow way
+        np.testing.assert_array_equal(state.original.activated[rows, 0], expected)
+        engine.compact_tombstones()
 
 
 def test_occurrence_counts_bank_queries_with_the_item_in_their_top_k() -> None:
@@ -225,8 +233,9 @@ def test_the_default_method_keeps_the_injected_hub_out(tmp_path: Path) -> None:
 
 
 def _assert_fresh(engine: Engine, width: int) -> None:
-    """The served query-bank top-k state equals one built from scratch on the served gallery."""
-    state = engine.state
+    """The served query-bank top-k state equals one built from scratch on the served gallery
+    (its dead rows dropped first: row for row)."""
+    state = engine.compact_tombstones()
     top = state.original.query_top
     fresh = BankTopK.build(state.original.embeddings, engine.banks.query_bank, width)
     assert top.k == width and top.active == engine.norm.dis_topk

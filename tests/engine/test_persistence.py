@@ -76,7 +76,7 @@ def test_changes_survive_a_restart(settings: Settings, files: DemoFiles) -> None
     assert _changes(engine, files) == [2, 3, 4, 5]
     restarted = load_engine(settings)
     _assert_same_engine(restarted, engine)
-    assert restarted.state.metadata[restarted.state.rows[files.ids[5]]] == {"again": True}
+    assert restarted.state.catalog.metadata[restarted.state.rows[files.ids[5]]] == {"again": True}
     # and the restarted engine keeps logging: a further change survives the next restart too
     restarted.delete(["n0"])
     _assert_same_engine(load_engine(settings), restarted)

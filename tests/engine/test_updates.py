@@ -41,17 +41,34 @@ def _engine(ids: list[str], gallery: np.ndarray, invgc: InvGCParams | None) -> E
 
 
 def _assert_same(actual: Engine, expected: Engine, atol: float = 1e-5) -> None:
+    """``actual`` serves what ``expected`` (a fresh start) does, with its tombstones (rows of
+    deleted items left dead) and again once they are dropped (then row for row)."""
+    _assert_same_items(actual, expected, atol)
+    if actual.state.dead:
+        actual.compact_tombstones()
+        assert actual.state.dead == 0 and actual.state.original.live is None
+        _assert_same_items(actual, expected, atol)
+
+
+def _assert_same_items(actual: Engine, expected: Engine, atol: float) -> None:
     a, e = actual.state, expected.state
-    assert a.ids == e.ids and list(a.rows) == list(e.rows)
+    assert a.ids == e.ids and list(a.rows) == list(e.rows) and a.size == e.size
     assert [m["id"] for m in a.metadata] == list(a.ids)
-    assert all(a.rows[i] == row for row, i in enumerate(e.ids))
+    rows = np.array([a.rows[i] for i in e.ids], dtype=np.int64)  # each item's row in ``a``
+    assert (np.diff(rows) > 0).all() and a.row_count == a.size + a.dead
+    if not a.dead:
+        np.testing.assert_array_equal(rows, np.arange(e.size))
+    dead = np.setdiff1d(np.arange(a.row_count), rows)
     views = [(a.original, e.original)]
     if e.adjusted is not None:
         views.append((a.adjusted, e.adjusted))
     for got, want in views:
-        np.testing.assert_allclose(got.embeddings, want.embeddings, atol=atol)
-        np.testing.assert_allclose(got.stats, want.stats, atol=atol)
-        np.testing.assert_array_equal(got.activated, want.activated)
+        assert got.size == a.row_count and got.live_size == want.size
+        np.testing.assert_array_equal(got.dead_rows, dead)
+        np.testing.assert_allclose(got.embeddings[rows], want.embeddings, atol=atol)
+        np.testing.assert_allclose(got.stats[rows], want.stats, atol=atol)
+        np.testing.assert_array_equal(got.activated[rows], want.activated)
+        assert not got.activated[dead].any()  # a dead row is in no bank item's top-k
     queries = _unit(np.random.default_rng(9), 7)
     for method in METHODS:
         for invgc in (False, True) if e.adjusted is not None else (False,):
