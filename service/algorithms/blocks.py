@@ -49,7 +49,7 @@ def row_blocks(n: int, rows: int) -> Iterator[slice]:
 
 
 #: Products with at most this many rows skip BLAS (see :func:`bank_product`).
-FEW_ROWS = 8
+FEW_ROWS = 16
 
 
 def bank_product(items: np.ndarray, bank: np.ndarray) -> np.ndarray:
