@@ -27,6 +27,8 @@ import numpy as np
 import orjson
 
 from benchmarks.common import Row
+from service.engine.changes import Upsert
+from service.engine.persistence import GalleryStore
 from service.harness import Server, write_gallery
 
 SECTION = "writes"
@@ -103,8 +105,8 @@ def _latency_rows(writer: _Writer, changes: int, size: int, banks: str) -> list[
     return rows
 
 
-def _concurrent_rows(url: str, dim: int, seconds: float) -> list[Row]:
-    """``WRITERS`` clients each upserting one new item at a time for ``seconds``."""
+def _clients(url: str, dim: int, seconds: float, act: Callable[[_Writer], object]) -> float:
+    """``WRITERS`` clients each calling ``act`` back to back for ``seconds``: calls per second."""
     done = [0] * WRITERS
     errors: list[str] = []
     start = threading.Barrier(WRITERS + 1)
@@ -113,11 +115,11 @@ def _concurrent_rows(url: str, dim: int, seconds: float) -> list[Row]:
     def run(index: int) -> None:
         with httpx.Client(base_url=url, timeout=60.0) as client:
             writer = _Writer(client, dim, 1000 + index)
-            writer.upsert(writer.new_id())  # connect and warm up
+            act(writer)  # connect and warm up
             start.wait()
             while time.perf_counter() < deadline[0]:
                 try:
-                    writer.upsert(writer.new_id())
+                    act(writer)
                 except httpx.HTTPError as exc:
                     errors.append(repr(exc))
                     return
@@ -134,19 +136,56 @@ def _concurrent_rows(url: str, dim: int, seconds: float) -> list[Row]:
         thread.join()
     elapsed = time.perf_counter() - began
     if errors:
-        raise RuntimeError(f"concurrent writers failed: {errors[:3]}")
-    total = sum(done)
+        raise RuntimeError(f"concurrent clients failed: {errors[:3]}")
+    return sum(done) / elapsed
+
+
+def _concurrent_rows(url: str, dim: int, seconds: float) -> list[Row]:
+    """``WRITERS`` clients each upserting one new item at a time for ``seconds``, and the same
+    clients asking ``/healthz`` (no work at all): the most requests per second these clients
+    and the server's HTTP layer reach on this machine, the ceiling of the first figure."""
+    rate = _clients(url, dim, seconds, lambda w: w.upsert(w.new_id()))
+    ceiling = _clients(url, dim, seconds, lambda w: w.client.get("/healthz").raise_for_status())
     return [
         Row(
             SECTION,
             f"{WRITERS} concurrent one-item upserters",
-            total / elapsed,
+            rate,
             "items/s",
             WRITERS_GOAL,
             True,
-            f"{total} upserts in {elapsed:.1f} s, each acknowledged once durable",
-        )
+            f"{rate * seconds:.0f} upserts in {seconds:.0f} s, each acknowledged once durable; "
+            f"{rate / ceiling:.0%} of the HTTP ceiling below",
+        ),
+        Row(
+            SECTION,
+            f"{WRITERS} concurrent clients, GET /healthz (HTTP ceiling)",
+            ceiling,
+            "requests/s",
+            detail="the same clients and server doing no work: no write rate can exceed it here",
+        ),
     ]
+
+
+def _commit_rows(directory: Path, dim: int, changes: int) -> list[Row]:
+    """One-item changes committed to a store of their own on the same disk, nothing else: the
+    floor of a lone writer's latency (SQLite's rollback journal with ``synchronous=FULL``
+    syncs the journal, its directory, the journal header and the database per commit)."""
+    store = GalleryStore(directory)
+    store.recover()
+    rng = np.random.default_rng(1)
+    seconds = []
+    try:
+        for n in range(changes):
+            change = Upsert((f"c{n}",), _unit(rng, 1, dim), (None,))
+            started = time.perf_counter()
+            store.append(change)
+            seconds.append(time.perf_counter() - started)
+    finally:
+        store.close()
+    p50 = float(np.percentile(seconds, 50)) * 1e3
+    where = f"{changes} commits, {directory.resolve().parent} file system, same run"
+    return [Row(SECTION, "one-change SQLite commit alone: p50", p50, "ms", detail=where)]
 
 
 def measure(quick: bool, bank_rows: int = BANK_ROWS) -> list[Row]:
@@ -163,6 +202,7 @@ def measure(quick: bool, bank_rows: int = BANK_ROWS) -> list[Row]:
                 banks = "2 × 2,000" if quick else f"2 × {bank_rows:,}"
                 rows = _latency_rows(_Writer(client, dim, 0), changes, size, banks)
             rows += _concurrent_rows(server.url, dim, seconds)
+            rows += _commit_rows(workdir / "commits", dim, changes)
         finally:
             server.stop()
     return rows

@@ -48,6 +48,26 @@ def row_blocks(n: int, rows: int) -> Iterator[slice]:
         yield slice(start, min(n, start + rows))
 
 
+#: Products with at most this many rows skip BLAS (see :func:`bank_product`): on the busy
+#: cores, numpy's loop row by row still beat BLAS at 16 rows, not at 32 (docs/performance.md).
+FEW_ROWS = 16
+
+
+def bank_product(items: np.ndarray, bank: np.ndarray) -> np.ndarray:
+    """``items @ bank.T`` (B, N), both of one dtype.
+
+    A few rows (one-item gallery changes) are computed by numpy's own single-threaded loop, one
+    row at a time, not by BLAS: OpenBLAS splits even a one-row product over all its threads and
+    waits for each to get a core, which on two cores shared with other work took 17 ms (p50)
+    for 1 × 384 · 384 × 10k, numpy's loop 0.7 ms. Larger blocks are BLAS's."""
+    if items.shape[0] > FEW_ROWS:
+        return items @ bank.T
+    out = np.empty((items.shape[0], bank.shape[0]), np.result_type(items, bank))
+    for row, target in zip(items, out, strict=True):
+        np.einsum("d,nd->n", row, bank, out=target)
+    return out
+
+
 def parallel_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
     """``[fn(x) for x in items]`` on one thread per CPU (in order; exceptions propagate).
 

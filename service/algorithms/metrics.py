@@ -107,6 +107,15 @@ def occurrence_histogram(occurrence: np.ndarray) -> tuple[list[int], list[int]]:
 MAD_TO_SIGMA = 1.4826
 
 
+def _histogram_median(levels: np.ndarray, counts: np.ndarray) -> float:
+    """``np.median`` of a sample given as ascending ``levels`` each repeated ``counts`` times
+    (the mean of the two middle values for an even count, as numpy computes it)."""
+    ends = np.cumsum(counts)
+    total = int(ends[-1])
+    low, high = np.searchsorted(ends, [(total - 1) // 2, total // 2], side="right")
+    return float(np.mean([levels[low], levels[high]]))
+
+
 @dataclass(frozen=True)
 class RobustScale:
     """Robust location and scale of a k-occurrence distribution (all items, zeros included).
@@ -122,11 +131,25 @@ class RobustScale:
 
     @classmethod
     def of(cls, occurrence: np.ndarray) -> RobustScale:
-        x = np.asarray(occurrence, dtype=np.float64)
-        if x.size == 0:
+        """Of counts (non-negative integers, the usual case) from their histogram: O(n + max),
+        a few times faster than two float partitions of n values, which made the robust scale
+        the costliest part of a one-item upsert at n = 100k (the hub screening runs it per
+        change). Other values (or counts sparse beyond 4n): ``np.median`` twice. Both give the
+        same floats."""
+        values = np.asarray(occurrence)
+        if values.size == 0:
             return cls(0.0, 0.0, 1.0)
-        median = float(np.median(x))
-        mad = float(np.median(np.abs(x - median)))
+        if values.dtype.kind in "iu" and values.min() >= 0 and values.max() < 4 * values.size:
+            counts = np.bincount(values.ravel().astype(np.int64, copy=False))
+            levels = np.arange(counts.size, dtype=np.float64)
+            median = _histogram_median(levels, counts)
+            deviation = np.abs(levels - median)
+            order = np.argsort(deviation, kind="stable")
+            mad = _histogram_median(deviation[order], counts[order])
+        else:
+            x = values.astype(np.float64)
+            median = float(np.median(x))
+            mad = float(np.median(np.abs(x - median)))
         return cls(median, mad, MAD_TO_SIGMA * mad if mad > 0 else 1.0)
 
     def z(self, occurrence: np.ndarray | int) -> np.ndarray:

@@ -26,6 +26,7 @@ from scipy import sparse
 
 from service.algorithms.blocks import (
     CHUNK_BYTES,
+    bank_product,
     block_rows,
     log_mean_exp,
     merge_topk,
@@ -221,7 +222,7 @@ def scan_bank(
     top = _BankTop(N, min(bank_topk, n), dtype) if bank_topk is not None else None
     report = _progress.get()
     for sl in row_blocks(n, rows):
-        sims = items[sl].astype(dtype, copy=False) @ bank.T  # (B, N); BLAS reads bankᵀ in place
+        sims = bank_product(items[sl].astype(dtype, copy=False), bank)  # (B, N)
         b = sims.shape[0]
         near_idx = np.empty((b, near_k), np.int64)
         near_val = np.empty((b, near_k), dtype)

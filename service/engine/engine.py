@@ -167,7 +167,7 @@ class Engine:
         self._queue: list[_Pending] = []
         self._committing = False
         self._group = threading.Condition(threading.Lock())
-        self._compacting = threading.Lock()  # held by the one background compaction
+        self._compacting = threading.Lock()  # held by the one compaction running
         self._dropping = threading.Lock()  # held by the one background drop of dead rows
         self.dead_share = dead_share
         #: deletes leave tombstones unless a back end cannot serve them or full-adjacency InvGC
@@ -250,15 +250,26 @@ class Engine:
         self._on_compact = on_compact
 
     def compact(self) -> int:
-        """Snapshot the current gallery into the store and empty its log; returns the version."""
+        """Snapshot the current gallery into the store and drop the changes it includes;
+        returns the version. One compaction at a time."""
         if self._store is None:
             raise RuntimeError("this engine has no durable store")
-        with self._write_lock:
-            state = self._drop_dead()
-            self._store.snapshot(state.ids, state.metadata, state.original.embeddings)
-            if self._on_compact is not None:
-                self._on_compact(state)
-            return state.version
+        with self._compacting:
+            return self._snapshot()
+
+    def _snapshot(self) -> int:
+        """:meth:`compact`, ``_compacting`` held. Only reading the state and the log position
+        it is at holds the write lock: a snapshot of 100k items (rows encoded and checksummed,
+        the precompute cache saved) takes seconds, during which changes go on, waiting only for
+        the store's transaction (the changes logged meanwhile stay in the log)."""
+        assert self._store is not None
+        with self._write_lock:  # the state (dead rows dropped) and its log position, as of the
+            state, seq, banks = self._drop_dead(), self._store.seq, self.banks  # same change
+        self._store.snapshot(state.ids, state.metadata, state.original.embeddings, seq)
+        # the cache entry holds the banks' DBSN weights: skipped if a new query bank came in
+        if self._on_compact is not None and self.banks is banks:
+            self._on_compact(state)
+        return state.version
 
     def _compact_in_background(self) -> None:
         """Past the store's thresholds: snapshot off the request path (one at a time)."""
@@ -267,7 +278,7 @@ class Engine:
 
         def run() -> None:
             try:
-                self.compact()
+                self._snapshot()
             except Exception:  # the log keeps every change; the next threshold retries
                 log.exception("automatic compaction failed")
             finally:

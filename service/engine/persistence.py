@@ -235,19 +235,20 @@ def _write_head(conn: sqlite3.Connection, head: Head) -> None:
     )
 
 
-def _write_items(
-    conn: sqlite3.Connection,
-    ids: Sequence[str],
-    metadata: Sequence[Metadata],
-    embeddings: np.ndarray,
-) -> bytes:
-    """Replace the snapshot rows; returns the digest of their checksums (in row order)."""
-    conn.execute("DELETE FROM items")
+def _item_rows(
+    ids: Sequence[str], metadata: Sequence[Metadata], embeddings: np.ndarray
+) -> list[tuple[int, str, str, bytes, bytes]]:
+    """The ``items`` rows of a snapshot (each with its checksum)."""
     data = np.ascontiguousarray(embeddings, dtype="<f4")
-    rows = [
+    return [
         _item_row(n, i, _dumps(m), data[n].tobytes())
         for n, (i, m) in enumerate(zip(ids, _meta_list(metadata), strict=True))
     ]
+
+
+def _write_items(conn: sqlite3.Connection, rows: Sequence[tuple]) -> bytes:
+    """Replace the snapshot rows by ``rows``; returns the digest of their checksums."""
+    conn.execute("DELETE FROM items")
     conn.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?)", rows)
     return _digest("items", *(r[-1] for r in rows))
 
@@ -262,7 +263,8 @@ def _create(path: Path, snapshot: Snapshot | None = None, changes: Sequence[tupl
             if snapshot is None:
                 head = Head(0, -1, b"", 0)
             else:
-                digest = _write_items(conn, snapshot.ids, snapshot.metadata, snapshot.embeddings)
+                rows = _item_rows(snapshot.ids, snapshot.metadata, snapshot.embeddings)
+                digest = _write_items(conn, rows)
                 head = Head(snapshot.seq, len(snapshot.ids), digest, snapshot.seq)
             for row in changes:
                 conn.execute("INSERT INTO changes VALUES (?, ?, ?, ?, ?, ?, ?)", row)
@@ -490,22 +492,41 @@ class GalleryStore:
         _write_head(conn, head)
 
     def snapshot(
-        self, ids: tuple[str, ...], metadata: tuple[Metadata, ...], embeddings: np.ndarray
+        self,
+        ids: tuple[str, ...],
+        metadata: tuple[Metadata, ...],
+        embeddings: np.ndarray,
+        seq: int | None = None,
     ) -> None:
-        """Replace the snapshot by the current gallery and drop the changes it includes, in one
-        transaction (compaction); on failure the store is unchanged (StorageError)."""
+        """Replace the snapshot by the gallery as of change ``seq`` (default: the last one) and
+        drop the changes it includes, in one transaction (compaction); the changes logged after
+        ``seq`` stay. On failure the store is unchanged (StorageError).
+
+        The rows are encoded and checksummed before the store's lock is taken, so concurrent
+        :meth:`append_many` calls wait only for the transaction itself. A snapshot older than
+        the stored one is not written (two compactions crossing: the newer one stays)."""
+        rows = _item_rows(ids, metadata, embeddings)
         with self._lock:
             conn = self._connection()
-            seq = self._head.head_seq
+            last = self._head.head_seq
+            seq = last if seq is None else seq
+            if not self._head.snapshot_seq <= seq <= last:
+                if seq > last:
+                    raise ValueError(f"snapshot at change {seq}: the log ends at change {last}")
+                return
             try:
                 with _transaction(conn):
-                    digest = _write_items(conn, ids, metadata, embeddings)
+                    digest = _write_items(conn, rows)
                     conn.execute("DELETE FROM changes WHERE seq <= ?", (seq,))
-                    head = Head(seq, len(ids), digest, seq)
+                    head = Head(seq, len(ids), digest, last)
                     _write_head(conn, head)
+                    (kept,) = conn.execute(
+                        "SELECT coalesce(sum(length(embeddings) + length(ids) + length(metadata))"
+                        ", 0) FROM changes"
+                    ).fetchone()
             except (sqlite3.Error, OSError) as exc:
                 raise _storage_error(exc, self.path) from exc
-            self._head, self._pending_bytes = head, 0
+            self._head, self._pending_bytes = head, kept
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:

@@ -11,6 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.algorithms.blocks import (
+    FEW_ROWS,
+    bank_product,
     block_rows,
     log_mean_exp,
     merge_topk,
@@ -160,6 +162,21 @@ def test_log_mean_exp_finite_for_extreme_values(dtype, magnitude):
 
 
 # ----------------------------------------------------------------------------- scan_bank
+
+
+@given(seed=seeds, b=st.integers(0, FEW_ROWS + 2), big_n=st.integers(0, 40))
+@PROPERTY
+def test_bank_product_matches_naive_on_both_paths(seed, b, big_n):
+    # few rows: numpy's own loop; more: BLAS. Either is a float32 dot product of unit vectors,
+    # whose error is at most d·eps·Σ|x_i·y_i| ≤ d·eps (Higham's γ_d), whatever the order
+    rng = np.random.default_rng(seed)
+    d = 384
+    items, bank = unit_rows(rng, b, d).astype(np.float32), unit_rows(rng, big_n, d)
+    got = bank_product(items, bank.astype(np.float32))
+    assert got.shape == (b, big_n) and got.dtype == np.float32
+    want = [[math.fsum(x * y for x, y in zip(i, g, strict=True)) for g in bank] for i in items]
+    bound = d * np.finfo(np.float32).eps
+    np.testing.assert_allclose(got, np.reshape(want, (b, big_n)), rtol=0, atol=bound)
 
 
 def _scan(items, bank, rows, beta=2.5):

@@ -319,3 +319,16 @@ def test_robust_z_by_hand():
     flat = RobustScale.of(np.array([0, 0, 0, 0, 7]))
     assert (flat.median, flat.mad, flat.scale) == (0.0, 0.0, 1.0)
     assert flat.z(7) == 7.0
+
+
+@given(
+    xs=st.lists(st.integers(0, 40), min_size=11, max_size=80),  # max < 4·size: histogram
+    dtype=st.sampled_from([np.int64, np.int32, np.uint16]),
+)
+@PROPERTY
+def test_robust_scale_of_counts_equals_the_float_medians(xs, dtype):
+    # counts take the histogram path; the same values as floats take np.median: same floats
+    counts, floats = RobustScale.of(np.array(xs, dtype)), RobustScale.of(np.array(xs, float))
+    assert (counts.median, counts.mad, counts.scale) == (floats.median, floats.mad, floats.scale)
+    med, mad, scale, _ = ref.robust_z(xs)
+    assert (counts.median, counts.mad, counts.scale) == (med, mad, scale)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from service.algorithms import InvGCParams
+from service.algorithms.blocks import FEW_ROWS
 from service.backends import backend_factory
 from service.engine import Engine
 from service.engine.state import GalleryState, UnknownIdError
@@ -124,6 +125,29 @@ def test_a_group_equals_its_changes_one_by_one_and_a_bad_change_fails_alone(
     gallery |= {"n3": rows[7], "n5": rows[8]}
     fresh = _on(backend, _engine(list(gallery), np.array(list(gallery.values())), invgc))
     assert engine.state.backends[False].name == fresh.state.backends[False].name == backend
+    _assert_same(engine, fresh)
+
+
+@pytest.mark.parametrize("size", [FEW_ROWS, FEW_ROWS + 3])
+def test_a_merged_run_equals_a_fresh_start_on_either_product_path(size: int) -> None:
+    """One-item upserts merged into one run of ``size`` rows: up to FEW_ROWS their bank
+    products skip BLAS, above it they are one BLAS product; a fresh start computes them in
+    blocks of the whole gallery. Same ids, stats and scores either way."""
+    rng = np.random.default_rng(size)
+    gallery = {f"g{i}": row for i, row in enumerate(_unit(rng, 30))}
+    engine = _engine(list(gallery), np.array(list(gallery.values())), InvGCParams(pool_rate=0.1))
+    engine._store = log = _Log()  # type: ignore[assignment]
+    rows = _unit(rng, size)
+    ids = [f"n{i}" for i in range(size)]
+    calls: list[Callable[[], object]] = [
+        lambda i=i: engine.upsert([ids[i]], rows[i : i + 1], [{"id": ids[i]}])  # type: ignore[misc]
+        for i in range(size)
+    ]
+    outcomes = _grouped(engine, calls)
+    assert not [o for o in outcomes if isinstance(o, Exception)]
+    assert len(log.transactions) == 1 and len(log.transactions[0]) == size
+    gallery |= dict(zip(ids, rows, strict=True))
+    fresh = _engine(list(gallery), np.array(list(gallery.values())), InvGCParams(pool_rate=0.1))
     _assert_same(engine, fresh)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -95,6 +96,56 @@ def test_compaction_then_restart_gives_the_same_gallery(
     caplog.set_level(logging.INFO)
     _assert_same_engine(load_engine(settings), engine)
     assert _ready_records(caplog)[-1].replayed_changes == 1
+
+
+def test_changes_go_on_during_a_compaction_and_stay_in_the_log(
+    settings: Settings, files: DemoFiles
+) -> None:
+    """The snapshot is written without the write lock: a change made meanwhile is applied at
+    once, logged after the snapshot's position, and kept by a restart (the snapshot does not
+    include it, the log does)."""
+    engine = load_engine(settings)
+    assert engine._store is not None
+    rng = np.random.default_rng(11)
+    vectors = _unit(rng.normal(size=(3, 384)).astype(np.float32))
+    engine.upsert(["before"], vectors[:1], [None])
+    write_snapshot = engine._store.snapshot
+    during: list[object] = []
+
+    def slow_snapshot(*args: object) -> None:
+        change = threading.Thread(
+            target=lambda: during.append(engine.upsert(["during"], vectors[1:2], [{"d": 1}]))
+        )
+        change.start()
+        change.join(timeout=60)
+        assert during, "a change waited for the compaction"
+        write_snapshot(*args)  # type: ignore[arg-type]
+
+    engine._store.snapshot = slow_snapshot  # type: ignore[method-assign]
+    engine._on_compact = lambda state: during.append(engine.delete(["before"]))  # cache too
+    engine.compact()
+    assert _logged_changes(settings) == 2  # the upsert and the delete made meanwhile
+    assert "during" in engine.state.rows and "before" not in engine.state.rows
+    _assert_same_engine(load_engine(settings), engine)
+
+
+def test_a_snapshot_older_than_the_stored_one_is_not_written(tmp_path: Path) -> None:
+    """Two compactions crossing: the older snapshot arrives last and is dropped, not written
+    over the newer one (whose changes are gone from the log)."""
+    store = GalleryStore(tmp_path / "store")
+    store.recover()
+    vectors = _unit(np.random.default_rng(3).normal(size=(2, 384)).astype(np.float32))
+    store.append(Upsert(("a",), vectors[:1], (None,)))
+    store.append(Upsert(("b",), vectors[1:], (None,)))
+    store.snapshot(("a", "b"), (None, None), vectors, 2)
+    store.snapshot(("a",), (None,), vectors[:1], 1)  # older: ignored
+    with pytest.raises(ValueError, match="the log ends at change 2"):
+        store.snapshot(("a", "b"), (None, None), vectors, 3)
+    store.close()
+    reopened = GalleryStore(tmp_path / "store")
+    snapshot, changes = reopened.recover()
+    assert snapshot is not None and snapshot.ids == ("a", "b") and changes == []
+    reopened.close()
 
 
 def _logged_changes(settings: Settings) -> int:
