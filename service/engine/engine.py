@@ -308,6 +308,7 @@ class Engine:
             state,
             state.gallery_sum,
         )
+        dense.commit()
         self._state = dense
         log.info(
             "dead rows dropped",
