@@ -20,8 +20,8 @@ from service.algorithms import METHODS, InputError, InvGCParams, NormParams
 from service.algorithms.hubs import HubScreening
 from service.algorithms.invgc import Adjacency
 from service.algorithms.params import param_spec
+from service.algorithms.views import DEAD_SHARE
 from service.backends import BACKENDS
-from service.engine.engine import DEAD_SHARE
 
 Method = Literal[METHODS]  # type: ignore[valid-type]  # the names, stated once in normalisers
 Backend = Literal[BACKENDS]  # type: ignore[valid-type]  # stated once in service.backends

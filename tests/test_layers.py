@@ -30,7 +30,17 @@ ALLOWED: dict[str, set[str]] = {
     "engine": {"algorithms", "backends", "io", "settings"},
     "export": {"algorithms", "backends", "io", "settings"},
     "datasets": {"algorithms", "io", "settings"},
-    "api": {"algorithms", "backends", "engine", "settings", "encoders", "logs", "service"},
+    "remote": {"algorithms", "backends", "engine", "io", "settings"},
+    "api": {
+        "algorithms",
+        "backends",
+        "engine",
+        "remote",
+        "settings",
+        "encoders",
+        "logs",
+        "service",
+    },
 }
 
 

@@ -78,6 +78,10 @@ class Banks:
         self._dbsn[(norm.dbsn_tau, norm.dbsn_iterations)] = DbsnWeights(log_v, norm.dbsn_tau)
 
 
+#: default share of dead rows (tombstones) past which the engine drops them in the background
+DEAD_SHARE = 0.1
+
+
 class GrowthBuffers:
     """Row buffers with spare capacity, shared by a chain of snapshots that only append.
 

@@ -39,6 +39,7 @@ from service.algorithms import (
     prepare_items,
 )
 from service.algorithms.hubs import HubScreening, Suspects, suspected_hubs
+from service.algorithms.views import DEAD_SHARE
 from service.backends import BackendFactory
 from service.engine.changes import Change, Delete, Upsert
 from service.engine.filters import Predicate, allowed_rows
@@ -53,8 +54,6 @@ log = logging.getLogger(__name__)
 
 #: filter masks remembered (per gallery version and filter; n bytes each)
 MASK_CACHE = 32
-#: default share of dead rows (tombstones) past which they are compacted away in the background
-DEAD_SHARE = 0.1
 
 
 @dataclass(frozen=True)
