@@ -27,9 +27,9 @@ from service.api.routes import diagnostics, gallery, info, operations, search, u
 from service.api.runtime import Runtime
 from service.engine import Engine
 from service.engine.persistence import StoreDamaged
-from service.engine.startup import load_engine
 from service.io import DataError
 from service.logs import configure_logging
+from service.serving import load_engine
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

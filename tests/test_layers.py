@@ -31,11 +31,13 @@ ALLOWED: dict[str, set[str]] = {
     "export": {"algorithms", "backends", "io", "settings"},
     "datasets": {"algorithms", "io", "settings"},
     "remote": {"algorithms", "backends", "engine", "io", "settings"},
+    "serving": {"engine", "remote", "settings"},
     "api": {
         "algorithms",
         "backends",
         "engine",
         "remote",
+        "serving",
         "settings",
         "encoders",
         "logs",

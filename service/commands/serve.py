@@ -42,7 +42,8 @@ def serve(args: argparse.Namespace) -> int:
 
     from service.app import create_app
     from service.engine.persistence import StoreDamaged
-    from service.engine.startup import load_engine, open_store
+    from service.engine.startup import open_store
+    from service.serving import load_engine
     from service.settings import Settings, describe_errors, unknown_variables
 
     in_file, in_environment = unknown_variables(args.env_file)

@@ -86,21 +86,8 @@ def diagnose(
     hub_limit: int = 10,
 ) -> Diagnostics:
     """Hubness (and recall, with ``truth_ids``) of every method on every view, on one snapshot,
-    with the ``hub_limit`` items of largest k-occurrence per method and view (the remote
-    engine of the milvus backend: :func:`service.remote.diagnostics.diagnose_remote`)."""
-    if not isinstance(engine, Engine):
-        from service.remote.diagnostics import diagnose_remote
-
-        return diagnose_remote(
-            engine,
-            probes,
-            k=k,
-            probe_source=probe_source,
-            degeneration_sample=degeneration_sample,
-            truth_ids=truth_ids,
-            methods=methods,
-            hub_limit=hub_limit,
-        )
+    with the ``hub_limit`` items of largest k-occurrence per method and view (the milvus
+    backend's engine: :func:`service.remote.diagnostics.diagnose_remote`)."""
     state: GalleryState = engine.state
     if state.dead:  # every statistic below is over rows: drop the dead ones first
         state = engine.compact_tombstones()

@@ -13,9 +13,9 @@ import pytest
 
 from service.algorithms import check_embeddings
 from service.engine.filters import allowed_rows, compile_filter
-from service.engine.startup import load_engine
 from service.remote.filters import milvus_filter
 from service.remote.store import ORIGINAL, RemoteStore
+from service.serving import load_engine
 from tests.support.demo import DemoFiles, demo_queries
 
 LANGS = ["en", "fr", "de", 'q"uote', "back\\slash"]

@@ -14,8 +14,9 @@ from service.api.jsonio import OrjsonRoute
 from service.api.limits import check_hits
 from service.api.models import DiagnosticsRequest, DiagnosticsResponse, checked_vectors
 from service.api.runtime import EngineDep, Runtime, RuntimeDep, require_read
-from service.engine import Diagnostics, Engine, diagnose, probe_sample
+from service.engine import Diagnostics, Engine, probe_sample
 from service.engine.diagnostics import Hub
+from service.serving import diagnose
 
 router = APIRouter(
     prefix="/diagnostics",
