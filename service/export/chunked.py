@@ -36,6 +36,7 @@ from service.algorithms import (
     InputError,
     InvGCParams,
     NormParams,
+    PreparedItems,
     check_embeddings,
     prepare_items,
 )
@@ -210,15 +211,32 @@ class ExportJob:
         mean = None
         if self.invgc is not None and self.invgc.adjacency == "full":
             mean = gallery_mean(self.gallery, self.chunk_rows, self.workers).astype(np.float32)
-
-        def prepare(sl: slice) -> AugmentedChunk:
-            rows = self.gallery.rows(sl)
-            self.gallery.release(sl)
-            prepared = prepare_items(rows, self.banks, self.norm, self.invgc, gallery_mean=mean)
+        slices = chunk_slices(n, self.chunk_rows)
+        for sl, prepared in prepared_chunks(
+            self.gallery, slices, self.banks, self.norm, self.invgc, self.workers, mean=mean
+        ):
             view = prepared.original if prepared.adjusted is None else prepared.adjusted
-            return AugmentedChunk(
-                sl.start, view_coordinates(view), view.query_top, view.gallery_top
-            )
+            yield AugmentedChunk(sl.start, view_coordinates(view), view.query_top, view.gallery_top)
 
-        for _, chunk in ordered_map(prepare, chunk_slices(n, self.chunk_rows), self.workers):
-            yield chunk
+
+def prepared_chunks(
+    gallery: MappedGallery,
+    slices: list[slice],
+    banks: Banks,
+    norm: NormParams,
+    invgc: InvGCParams | None,
+    workers: int,
+    *,
+    mean: np.ndarray | None = None,
+    hub_topk: int = 0,
+) -> Iterator[tuple[slice, PreparedItems]]:
+    """:func:`~service.algorithms.prepare_items` of each slice of ``gallery``, in order, on
+    ``workers`` threads; each slice's pages are released once read (the bounded-memory loop
+    shared by the export and the sharded bulk load)."""
+
+    def prepare(sl: slice) -> PreparedItems:
+        rows = gallery.rows(sl)
+        gallery.release(sl)
+        return prepare_items(rows, banks, norm, invgc, gallery_mean=mean, hub_topk=hub_topk)
+
+    yield from ordered_map(prepare, slices, workers)

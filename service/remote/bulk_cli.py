@@ -1,0 +1,173 @@
+"""``hubless load``: the sharded bulk load into Milvus (:mod:`service.remote.bulk`).
+
+    hubless load --shard I/N --state-dir DIR     # worker I of N (any order, any machine)
+    hubless load --merge N --state-dir DIR       # once all N are done: the bank-side state
+
+Settings (gallery, ids, banks, parameters, Milvus) come from ``HUBLESS_*`` variables and
+``--env-file``, exactly as for ``hubless serve``; workers and merge must see the same ones (the
+merge checks). Exit status 2 for bad arguments, 1 when the load cannot run (a missing file,
+settings that do not fit, partial states that do not belong together), each with one line on
+stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from service.export.chunked import DEFAULT_CHUNK_ROWS
+
+#: how often ``--merge N --wait S`` looks for the partial states
+WAIT_POLL_SECONDS = 5.0
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``load`` sub-command to the CLI's subparsers."""
+    parser = subparsers.add_parser(
+        "load",
+        help="bulk-load a big gallery into Milvus: --shard I/N workers, then --merge N",
+        description=(
+            "Worker I of N (--shard I/N) computes the augmented rows [g, stat(g)] of its slice "
+            "of the memory-mapped gallery (and the LocalAdj InvGC view's), upserts them into "
+            "Milvus and saves its partial bank-side state in --state-dir. --merge N reduces the "
+            "N partial states and commits the load (bank-side state, version, size). Workers "
+            "are independent and restartable. Settings come from HUBLESS_* and --env-file."
+        ),
+    )
+    role = parser.add_mutually_exclusive_group(required=True)
+    role.add_argument("--shard", metavar="I/N", help="be worker I of N (0 <= I < N)")
+    role.add_argument("--merge", type=int, metavar="N", help="merge the N workers' states")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        required=True,
+        help="directory (shared by workers and merge) of the partial states",
+    )
+    parser.add_argument(
+        "--version",
+        type=int,
+        default=1,
+        help="gallery version the rows are written as and the merge commits (default 1)",
+    )
+    parser.add_argument("--milvus-uri", help="Milvus URI (default: HUBLESS_MILVUS_URI)")
+    parser.add_argument(
+        "--milvus-token", help="Milvus token (default: HUBLESS_MILVUS_TOKEN, if set)"
+    )
+    parser.add_argument("--env-file", type=Path, help="a file of HUBLESS_* settings")
+    parser.add_argument(
+        "--metadata", type=Path, help="JSON lines, one object (or empty line) per gallery row"
+    )
+    parser.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=DEFAULT_CHUNK_ROWS,
+        help=f"gallery rows per chunk (default {DEFAULT_CHUNK_ROWS}); memory ~ rows x threads",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="chunks a worker computes in parallel (default: CPU count)",
+    )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="--merge: wait up to this long for the workers' partial states (default: no wait)",
+    )
+    parser.set_defaults(func=run_load)
+
+
+def run_load(args: argparse.Namespace) -> int:
+    """Run a worker or the merge; prints a JSON summary on stdout."""
+    from service.remote.bulk import BulkError, Shard
+
+    try:
+        shard = Shard.parse(args.shard) if args.shard is not None else None
+        if args.merge is not None and args.merge < 1:
+            raise BulkError(f"--merge N needs N >= 1, got {args.merge}")
+        if args.version < 1 or args.wait < 0:
+            raise BulkError("--version must be >= 1 and --wait >= 0")
+    except BulkError as exc:
+        return _fail(exc, 2)
+    try:
+        summary = _run(args, shard)
+    except (BulkError, ValueError, OSError) as exc:
+        return _fail(exc, 1)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _fail(exc: Exception, status: int) -> int:
+    message = " ".join(str(exc).split())  # one line, whatever the cause printed
+    print(f"hubless load: {message}", file=sys.stderr)
+    return status
+
+
+def _run(args: argparse.Namespace, shard: Any) -> dict[str, Any]:
+    from service.algorithms import Banks
+    from service.engine.loading import load_embeddings
+    from service.export.chunked import MappedGallery
+    from service.export.writers import LineSource
+    from service.remote.bulk import BulkError, BulkJob, load_shard, merged_state, partial_name
+    from service.settings import Settings
+
+    settings = Settings(_env_file=args.env_file)  # type: ignore[call-arg]
+    uri = args.milvus_uri or settings.milvus_uri
+    if not uri:
+        raise BulkError("give --milvus-uri URI or set HUBLESS_MILVUS_URI")
+    bq_path, bg_path = settings.bank_paths()
+    if bq_path is None:
+        raise BulkError("the load needs a query-bank file (HUBLESS_QUERY_BANK)")
+    gallery_path = settings.gallery_path()
+    if not gallery_path.is_file():
+        raise BulkError(f"{gallery_path}: no such file")
+    banks = Banks.from_arrays(load_embeddings(bq_path), load_embeddings(bg_path))
+    job = BulkJob(
+        MappedGallery(gallery_path),
+        banks,
+        settings.norm_params(),
+        settings.invgc_params() if settings.invgc else None,
+        settings.hub_screening().k,
+        chunk_rows=args.chunk_rows,
+        threads=args.threads,
+    )
+    # every local input is checked before Milvus is touched
+    if shard is None:
+        names = [partial_name(i, args.merge) for i in range(args.merge)]
+        _wait_for(args.state_dir, names, args.wait)
+        merged = merged_state(job, args.merge, args.state_dir, args.version)
+        return {"merged_shards": args.merge, **merged.commit(milvus_sink(settings, uri, args, job))}
+    ids = LineSource(settings.gallery_ids_path(), job.size)
+    metadata = LineSource(args.metadata, job.size, "metadata") if args.metadata else None
+    sink = milvus_sink(settings, uri, args, job)
+    return load_shard(job, shard, ids, metadata, sink, args.state_dir, args.version)
+
+
+def _wait_for(directory: Path, names: list[str], seconds: float) -> None:
+    """Return once every file exists, or after ``seconds`` (the merge then names the missing)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if all((directory / name).is_file() for name in names):
+            return
+        time.sleep(min(WAIT_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+
+
+def milvus_sink(settings: Any, uri: str, args: argparse.Namespace, job: Any) -> Any:
+    """The Milvus collections the service with these settings serves, ready for writing."""
+    from service.remote.bulk import BulkError, MilvusSink
+
+    secret = settings.milvus_token
+    token = args.milvus_token or (secret.get_secret_value() if secret else None)
+    try:
+        return MilvusSink(
+            uri, token, settings.milvus_collection, job.banks.dim, job.views, settings.milvus_index
+        )
+    except Exception as exc:  # pymilvus raises its own types; any of them: no Milvus to write to
+        raise BulkError(f"Milvus at {uri}: {exc}") from exc
