@@ -244,6 +244,7 @@ def load_shard(
     if metadata is not None:
         metadata.skip(start)
     tops = job.empty_tops()
+    writing = 0.0
     for sl, prepared in prepared_chunks(
         job.gallery, slices, job.banks, job.norm, job.invgc, job.threads, hub_topk=job.hub_k
     ):
@@ -251,7 +252,10 @@ def load_shard(
         chunk_ids = ids.take(rows)
         meta = parse_metadata(metadata.take(rows), sl.start) if metadata else [None] * rows
         for view, prepared_view in _views(prepared):
-            sink.upsert_rows(view, chunk_ids, view_coordinates(prepared_view), meta, version)
+            coords = view_coordinates(prepared_view)
+            before = time.perf_counter()
+            sink.upsert_rows(view, chunk_ids, coords, meta, version)
+            writing += time.perf_counter() - before
             for bank, own in (
                 (QUERY, prepared_view.query_top),
                 (GALLERY, prepared_view.gallery_top),
@@ -278,6 +282,7 @@ def load_shard(
         "views": list(job.views),
         "partial_state": str(path),
         "seconds": round(seconds, 3),
+        "writing_seconds": round(writing, 3),  # of which waiting for the sink
         "rows_per_second": round((stop - start) / max(computed, 1e-9), 1),
     }
 

@@ -24,6 +24,9 @@ from service.export.chunked import DEFAULT_CHUNK_ROWS
 
 #: how often ``--merge N --wait S`` looks for the partial states
 WAIT_POLL_SECONDS = 5.0
+#: opening the collections: tries, and the pause between them
+SINK_ATTEMPTS = 4
+SINK_RETRY_SECONDS = 2.0
 
 
 def register(subparsers: Any) -> None:
@@ -100,8 +103,20 @@ def run_load(args: argparse.Namespace) -> int:
         summary = _run(args, shard)
     except (BulkError, ValueError, OSError) as exc:
         return _fail(exc, 1)
-    print(json.dumps(summary, indent=2))
+    print(json.dumps({**summary, "peak_rss_mb": peak_rss_mb()}, indent=2))
     return 0
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set, in MB: ``VmHWM`` (``ru_maxrss`` would include the
+    parent's peak: Linux carries it across the ``exec`` of a spawned child)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return round(int(status.split("VmHWM:")[1].split()[0]) / 1024, 1)
+    except (OSError, IndexError, ValueError):  # not Linux
+        import resource
+
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _fail(exc: Exception, status: int) -> int:
@@ -165,9 +180,20 @@ def milvus_sink(settings: Any, uri: str, args: argparse.Namespace, job: Any) -> 
 
     secret = settings.milvus_token
     token = args.milvus_token or (secret.get_secret_value() if secret else None)
-    try:
-        return MilvusSink(
-            uri, token, settings.milvus_collection, job.banks.dim, job.views, settings.milvus_index
-        )
-    except Exception as exc:  # pymilvus raises its own types; any of them: no Milvus to write to
-        raise BulkError(f"Milvus at {uri}: {exc}") from exc
+    attempt = 1
+    while True:
+        try:
+            return MilvusSink(
+                uri,
+                token,
+                settings.milvus_collection,
+                job.banks.dim,
+                job.views,
+                settings.milvus_index,
+            )
+        except Exception as exc:  # pymilvus raises its own types
+            # workers start together: one may find a collection another is still indexing
+            if attempt == SINK_ATTEMPTS:
+                raise BulkError(f"Milvus at {uri}: {exc}") from exc
+            attempt += 1
+            time.sleep(SINK_RETRY_SECONDS)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -276,3 +278,78 @@ def test_cli_missing_files_are_one_line_status_1(data, tmp_path, monkeypatch, ca
     assert status == 1 and err.count("\n") == 1 and "m.jsonl" in err, err
     status, err = _cli(capsys, "--merge", "2", *argv)
     assert status == 1 and err.count("\n") == 1 and "shard(s) 0, 1 of 2" in err, err
+
+
+_PEAK_SCRIPT = """
+import sys
+from pathlib import Path
+import numpy as np
+from service.algorithms import Banks, NormParams, InvGCParams
+from service.export.chunked import MappedGallery
+from service.export.writers import LineSource
+from service.remote.bulk import BulkJob, Shard, load_shard
+from service.remote.bulk_cli import peak_rss_mb
+
+class Discard:
+    def upsert_rows(self, *args): pass
+
+path = Path(sys.argv[1])
+bank = np.random.default_rng(0).standard_normal((200, 64)).astype(np.float32)
+job = BulkJob(MappedGallery(path), Banks.from_arrays(bank, bank[::-1]), NormParams(nnn_topk=8),
+              InvGCParams(), 10, chunk_rows=1024, threads=1)
+rows = job.size
+load_shard(job, Shard(0, 1), LineSource(None, rows), None, Discard(), path.parent / "state", 1)
+print(peak_rss_mb())
+"""
+
+
+def _random_gallery(path: Path, rows: int) -> Path:
+    """A float16 ``.npy`` written in blocks (the test process never holds it)."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(rows, 64))
+    rng = np.random.default_rng(rows)
+    for start in range(0, rows, 8192):
+        out[start : start + 8192] = rng.standard_normal((min(8192, rows - start), 64))
+    out.flush()
+    del out
+    return path
+
+
+def test_peak_memory_of_a_worker_does_not_grow_with_the_gallery(tmp_path) -> None:
+    """A worker over 16x the rows peaks within 16 MB of the small one; holding the big one's
+    rows (200k × 69 float32 = 55 MB of coordinates, 26 MB of float16 input) would not."""
+    peaks = []
+    for rows in (12_500, 200_000):
+        gallery = _random_gallery(tmp_path / f"g{rows}.npy", rows)
+        done = subprocess.run(
+            [sys.executable, "-c", _PEAK_SCRIPT, str(gallery)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"OPENBLAS_NUM_THREADS": "1", "PATH": ""},
+        )
+        peaks.append(float(done.stdout.split()[-1]))
+    assert peaks[1] - peaks[0] < 16, peaks
+
+
+def _mapped_kb(path: Path) -> int:
+    """Resident kB of this process's mappings of ``path`` (Linux ``/proc/self/smaps``)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            inside = line.endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux only")
+def test_released_chunks_leave_no_gallery_page_mapped(tmp_path) -> None:
+    """Reading chunk c+1 maps the large page-cache folio it lies in, back into chunk c's rows:
+    the release margin unmaps those too, so nothing of the file stays resident."""
+    gallery = MappedGallery(_random_gallery(tmp_path / "g.npy", 400_000))
+    for start in range(0, 400_000, 1024):
+        sl = slice(start, start + 1024)
+        gallery.rows(sl)
+        gallery.release(sl)
+    assert _mapped_kb(tmp_path / "g.npy") < 64  # a page or two at the end, at most
+    gallery.close()
