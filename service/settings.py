@@ -112,6 +112,19 @@ class Settings(BaseSettings):
     milvus_read_only: bool = Field(
         False, description="Milvus: search only, refuse gallery writes (reader replicas)"
     )
+    milvus_poll_seconds: float = Field(
+        0.5,
+        gt=0,
+        le=1.5,
+        description="Milvus readers: how often to look for the writer's new version (a change "
+        "is served by every reader within 2 s)",
+    )
+    milvus_lease_seconds: float = Field(
+        15.0,
+        ge=1,
+        description="Milvus writer: lease duration (renewed every third of it); a crashed "
+        "writer's successor starts once it expired",
+    )
     host: str = Field("127.0.0.1", description="Address `hubless serve` binds")
     port: int = Field(8000, ge=1, le=65535, description="Port `hubless serve` binds")
     max_queries: int = Field(1024, ge=1, description="Most queries in one search request")
@@ -221,12 +234,22 @@ class Settings(BaseSettings):
                     f"HUBLESS_ENCODER={self.encoder} needs the optional package "
                     f"{missing_package(self.encoder)!r}: {INSTALL_HINT}"
                 )
-        if self.live_query_bank and self.read_only:
-            raise ValueError(
-                "HUBLESS_LIVE_QUERY_BANK rewrites every statistic: turn it on at the writer, "
-                "not on a read-only replica (HUBLESS_MILVUS_READ_ONLY=true)"
-            )
+        if self.backend == "milvus":
+            self._check_milvus()
         return self
+
+    def _check_milvus(self) -> None:
+        """What the milvus backend does not serve (docs/milvus.md, "Deviations")."""
+        if self.invgc and self.invgc_adjacency == "full":
+            raise ValueError(
+                "HUBLESS_INVGC_ADJACENCY=full is refused with HUBLESS_BACKEND=milvus (every "
+                "adjusted item depends on the whole gallery's mean): use local"
+            )
+        if self.live_query_bank:
+            raise ValueError(
+                "HUBLESS_LIVE_QUERY_BANK is refused with HUBLESS_BACKEND=milvus (the query "
+                "bank is fixed there: every process must derive the same statistics from it)"
+            )
 
     def _check_banks(self) -> None:
         """The banks must come from where the gallery does: the demo banks only ever serve the

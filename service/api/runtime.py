@@ -115,9 +115,8 @@ class Runtime:
 
     def record_state(self) -> None:
         if self.engine is not None:
-            state = self.engine.state
-            self.metrics.gallery_size.set(state.size)
-            self.metrics.gallery_version.set(state.version)
+            self.metrics.gallery_size.set(self.engine.size)
+            self.metrics.gallery_version.set(self.engine.version)
             live = self.live_bank_status()
             if live is not None:
                 self.metrics.query_bank_size.set(live["size"])
@@ -133,6 +132,9 @@ class Runtime:
         self.closed = True
         if self.engine is not None and self.engine.live_bank is not None:
             self.engine.live_bank.close()
+        close = getattr(self.engine, "close", None)  # the remote engine: lease, follower
+        if close is not None:
+            close()
 
 
 async def get_runtime(request: Request) -> Runtime:

@@ -86,7 +86,21 @@ def diagnose(
     hub_limit: int = 10,
 ) -> Diagnostics:
     """Hubness (and recall, with ``truth_ids``) of every method on every view, on one snapshot,
-    with the ``hub_limit`` items of largest k-occurrence per method and view."""
+    with the ``hub_limit`` items of largest k-occurrence per method and view (the remote
+    engine of the milvus backend: :func:`service.remote.diagnostics.diagnose_remote`)."""
+    if not isinstance(engine, Engine):
+        from service.remote.diagnostics import diagnose_remote
+
+        return diagnose_remote(
+            engine,
+            probes,
+            k=k,
+            probe_source=probe_source,
+            degeneration_sample=degeneration_sample,
+            truth_ids=truth_ids,
+            methods=methods,
+            hub_limit=hub_limit,
+        )
     state: GalleryState = engine.state
     if state.size == 0:
         raise InputError("gallery", "the gallery is empty; there is nothing to diagnose")

@@ -36,6 +36,7 @@ from service.algorithms.hubs import HubScreening, Suspects, suspected_hubs
 from service.backends import BackendFactory, SearchBackend
 from service.engine.changes import Change, Delete, Upsert
 from service.engine.filters import Predicate, allowed_rows
+from service.engine.items import item_stats
 from service.engine.persistence import GalleryStore
 from service.engine.state import Catalog, GalleryState, Metadata
 
@@ -187,6 +188,44 @@ class Engine:
     @property
     def dim(self) -> int:
         return self.banks.dim
+
+    @property
+    def version(self) -> int:
+        return self._state.version
+
+    @property
+    def size(self) -> int:
+        return self._state.size
+
+    def page(self, offset: int, limit: int) -> dict:
+        """A page of gallery ids and metadata, in gallery order, with the total count."""
+        state = self._state
+        end = min(state.size, offset + limit)
+        items = [{"id": state.ids[r], "metadata": state.metadata[r]} for r in range(offset, end)]
+        return {
+            "version": state.version,
+            "total": state.size,
+            "offset": offset,
+            "limit": limit,
+            "items": items,
+        }
+
+    def item(self, item_id: str, embedding: bool = False) -> dict:
+        """One item: metadata, its bank statistics on each view, optionally its embedding."""
+        state = self._state
+        row = int(state.rows_of([item_id], "id")[0])
+
+        def stats(view: GalleryView) -> dict:
+            return item_stats(view.stats[row], view.activated[row], view.bank_sizes)
+
+        return {
+            "id": item_id,
+            "version": state.version,
+            "metadata": state.metadata[row],
+            "embedding": state.original.embeddings[row].tolist() if embedding else None,
+            "stats": stats(state.original),
+            "invgc_stats": stats(state.adjusted) if state.adjusted is not None else None,
+        }
 
     def attach_store(
         self, store: GalleryStore, on_compact: Callable[[GalleryState], None] | None = None

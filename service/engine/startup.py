@@ -163,7 +163,12 @@ def open_live_bank(settings: Settings, file_rows: np.ndarray) -> LiveQueryBank:
 
 def load_engine(settings: Settings, opened: OpenedStore | None = None) -> Engine:
     """Build the engine the settings describe; raises DataError for unusable input files and
-    StoreDamaged for a store that fails its checks. ``opened``: the store, already opened."""
+    StoreDamaged for a store that fails its checks. ``opened``: the store, already opened.
+    With ``HUBLESS_BACKEND=milvus``: the remote engine (Milvus is the system of record)."""
+    if settings.backend == "milvus":
+        from service.remote.startup import load_remote_engine
+
+        return load_remote_engine(settings)  # type: ignore[return-value]
     started = time.perf_counter()
     gallery_path, ids_path = settings.gallery_path(), settings.gallery_ids_path()
     bq_path, bg_path = settings.bank_paths()

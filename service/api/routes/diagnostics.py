@@ -89,7 +89,7 @@ async def diagnostics(
         )
         raise InputError("query_bank", message)
     check_hits(probes, k, settings, what="probes (HUBLESS_DIAGNOSTICS_PROBES)")
-    state, live = engine.state, runtime.live_bank_status()
+    version, live = engine.version, runtime.live_bank_status()
 
     def compute() -> Diagnostics:
         return diagnose(
@@ -102,7 +102,7 @@ async def diagnostics(
         )
 
     # keyed by the gallery version (first, see Runtime.diagnostics), the bank's and k
-    key = (state.version, live["version"] if live else 0, k)
+    key = (version, live["version"] if live else 0, k)
     diag = await runtime.diagnostics(key, compute)
     _publish(runtime, diag)  # the gauges follow the figures last served, cached or not
     return _out(diag, runtime)

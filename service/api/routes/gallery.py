@@ -7,8 +7,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query
 
-from service.algorithms import STAT_COLUMNS, GalleryView, InputError
-from service.algorithms.stats import log_bank_sizes
+from service.algorithms import InputError
 from service.api.convert import to_embeddings
 from service.api.errors import error_responses
 from service.api.jsonio import OrjsonRoute
@@ -46,29 +45,7 @@ def list_items(
     limit: Annotated[int, Query(ge=1, le=1000, description="Items per page")] = 100,
 ) -> dict:
     """A page of gallery ids and metadata, in gallery order, with the total count."""
-    state = engine.state
-    end = min(state.size, offset + limit)
-    items = [{"id": state.ids[row], "metadata": state.metadata[row]} for row in range(offset, end)]
-    return {
-        "version": state.version,
-        "total": state.size,
-        "offset": offset,
-        "limit": limit,
-        "items": items,
-    }
-
-
-def _stats(view: GalleryView, row: int) -> dict:
-    values = dict(zip(STAT_COLUMNS, view.stats[row].tolist(), strict=True))
-    log_sizes = log_bank_sizes(view.bank_sizes)
-    return {
-        "log_z_query_bank": values["lme_query_bank"] + float(log_sizes[0]),
-        "log_z_gallery_bank": values["lme_gallery_bank"] + float(log_sizes[1]),
-        "nnn_mean": values["nnn_mean"],
-        "csls_mean": values["csls_mean"],
-        "in_query_bank_activation": bool(view.activated[row, 0]),
-        "in_gallery_bank_activation": bool(view.activated[row, 1]),
-    }
+    return engine.page(offset, limit)
 
 
 @router.get(
@@ -83,16 +60,7 @@ def get_item(
     embedding: Annotated[bool, Query(description="Include the normalised embedding")] = False,
 ) -> dict:
     """One item: metadata, its bank statistics on each view, optionally its embedding."""
-    state = engine.state
-    row = int(state.rows_of([item_id], "id")[0])
-    return {
-        "id": item_id,
-        "version": state.version,
-        "metadata": state.metadata[row],
-        "embedding": state.original.embeddings[row].tolist() if embedding else None,
-        "stats": _stats(state.original, row),
-        "invgc_stats": _stats(state.adjusted, row) if state.adjusted is not None else None,
-    }
+    return engine.item(item_id, embedding)
 
 
 def _changed(runtime: Runtime, result: ChangeResult) -> dict:

@@ -20,7 +20,6 @@ def info(engine: EngineDep, runtime: RuntimeDep) -> dict:
     No computation: clients poll it and fetch ``/diagnostics`` only when ``gallery_version``
     changes."""
     settings = runtime.settings
-    state = engine.state
     return {
         "name": "hubless",
         "version": __version__,
@@ -28,8 +27,8 @@ def info(engine: EngineDep, runtime: RuntimeDep) -> dict:
         "methods": list(METHODS),
         "default_method": settings.default_method,
         "invgc": settings.invgc,
-        "gallery_size": state.size,
-        "gallery_version": state.version,
+        "gallery_size": engine.size,
+        "gallery_version": engine.version,
         "encoder": settings.encoder,
         "auth_reads": settings.auth_reads,
     }

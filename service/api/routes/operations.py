@@ -47,8 +47,8 @@ async def readyz(runtime: RuntimeDep, request: Request, response: Response) -> d
             return {"status": runtime.status}
     if runtime.engine is None:
         return {"status": runtime.status, "detail": runtime.error}
-    state = runtime.engine.state
-    return {"status": "ready", "gallery_size": state.size, "version": state.version}
+    engine = runtime.engine
+    return {"status": "ready", "gallery_size": engine.size, "version": engine.version}
 
 
 @router.get(
@@ -72,7 +72,7 @@ def metrics(runtime: RuntimeDep) -> Response:
 def snapshot(engine: EngineDep) -> dict:
     """Compact the change log into a snapshot of the current gallery (faster restarts)."""
     version = engine.compact()
-    return {"status": "ready", "gallery_size": engine.state.size, "version": version}
+    return {"status": "ready", "gallery_size": engine.size, "version": version}
 
 
 @router.post(

@@ -1,0 +1,1 @@
+"""Shared test harness (imported as ``support``: the tests folder is on the path)."""
