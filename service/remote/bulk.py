@@ -46,9 +46,9 @@ from service.export.chunked import (
     prepared_chunks,
 )
 from service.export.writers import LineSource
+from service.remote.engine import bank_widths
+from service.remote.store import GALLERY, INVGC, ORIGINAL, QUERY
 
-ORIGINAL, INVGC = "original", "invgc"
-QUERY, GALLERY = "query", "gallery"
 PARTIAL_FORMAT = "hubless-bulk-partial/1"
 _SHARD = re.compile(r"^(\d+)/(\d+)$")
 
@@ -58,7 +58,8 @@ class BulkError(ValueError):
 
 
 class BulkSink(Protocol):
-    """Where a load writes: the remote store's three write methods."""
+    """Where a load writes: the three write methods of
+    :class:`~service.remote.store.RemoteStore`."""
 
     def upsert_rows(
         self, view: str, ids: list[str], coords: np.ndarray, metadata: list[Any], seq: int
@@ -67,10 +68,11 @@ class BulkSink(Protocol):
         written by version ``seq``."""
 
     def put_bank_state(
-        self, view: str, bank: str, ids_matrix: np.ndarray, sims_matrix: np.ndarray
+        self, view: str, bank: str, ids_matrix: np.ndarray, sims_matrix: np.ndarray, seq: int
     ) -> None:
         """Each bank item's top-k gallery ids ((N, k) object, None where the gallery has fewer
-        than k items) and similarities ((N, k) float32, −inf there)."""
+        than k items) and similarities ((N, k) float32, −inf there), written by version
+        ``seq``."""
 
     def set_version(self, version: int, size: int) -> None:
         """Commit: the gallery is ``size`` items at ``version``."""
@@ -94,7 +96,7 @@ class MemorySink:
         self.upserts += 1
 
     def put_bank_state(
-        self, view: str, bank: str, ids_matrix: np.ndarray, sims_matrix: np.ndarray
+        self, view: str, bank: str, ids_matrix: np.ndarray, sims_matrix: np.ndarray, seq: int
     ) -> None:
         self.bank_state[(view, bank)] = (ids_matrix.copy(), sims_matrix.copy())
 
@@ -171,13 +173,8 @@ class BulkJob:
         return (ORIGINAL,) if self.invgc is None else (ORIGINAL, INVGC)
 
     def widths(self) -> dict[tuple[str, str], int]:
-        """k of each (view, bank) top-k state."""
-        out = {}
-        for view in self.views:
-            hub = self.hub_k if view == ORIGINAL else 0
-            out[(view, QUERY)] = max(self.norm.dis_topk, hub)
-            out[(view, GALLERY)] = self.norm.dis_topk
-        return out
+        """k of each (view, bank) top-k state: what the remote engine keeps."""
+        return bank_widths(self.views, self.norm, self.hub_k)
 
     def fingerprint(self) -> str:
         """SHA-256 of everything a row or a top-k depends on (not of the chunk grid, which
@@ -215,14 +212,19 @@ def _views(prepared: PreparedItems) -> Iterator[tuple[str, Any]]:
 
 
 def parse_metadata(lines: list[str], first_row: int) -> list[Any]:
-    """JSON lines to values (an empty line is None); errors name the gallery row."""
+    """JSON lines to values (an empty line is None); errors name the gallery row. NaN and
+    Infinity are refused, as the API refuses them (they could not be returned as JSON)."""
     out = []
     for row, line in enumerate(lines, start=first_row):
         try:
-            out.append(json.loads(line) if line.strip() else None)
+            out.append(json.loads(line, parse_constant=_no_constant) if line.strip() else None)
         except ValueError as exc:
             raise BulkError(f"metadata of gallery row {row}: not JSON ({exc})") from None
     return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def load_shard(
@@ -350,7 +352,7 @@ class MergedState:
         returns a summary."""
         started = time.perf_counter()
         for (view, bank), (ids, sims) in self.tops.items():
-            sink.put_bank_state(view, bank, ids, sims)
+            sink.put_bank_state(view, bank, ids, sims, seq=self.version)
         sink.set_version(self.version, self.size)
         return {
             "rows": self.size,
@@ -424,74 +426,3 @@ def _id_lookup(partials: list[Partial]) -> Any:
         return names[np.searchsorted(rows, idx)] if idx.size else np.empty(idx.shape, object)
 
     return lookup
-
-
-class MilvusSink:
-    """Interim :class:`BulkSink` on the remote store's schema (``P_<view>`` rows: id, vector,
-    metadata ``{"v": …}``, seq; ``P_state`` rows: key, value, seq, dummy), until the store
-    itself is wired in."""
-
-    WRITE_BATCH = 2048
-    BANK_CHUNK = 64
-
-    def __init__(
-        self, uri: str, token: str | None, prefix: str, dim: int, views: tuple[str, ...], index: str
-    ) -> None:
-        from pymilvus import DataType, MilvusClient
-
-        self.client = MilvusClient(uri=uri, token=token or "")
-        self.prefix = prefix
-        rows = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        rows.add_field("id", DataType.VARCHAR, is_primary=True, max_length=2048)
-        rows.add_field("vector", DataType.FLOAT_VECTOR, dim=dim + 5)
-        rows.add_field("metadata", DataType.JSON)
-        rows.add_field("seq", DataType.INT64)
-        state = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        state.add_field("key", DataType.VARCHAR, is_primary=True, max_length=256)
-        state.add_field("value", DataType.JSON)
-        state.add_field("seq", DataType.INT64)
-        state.add_field("dummy", DataType.FLOAT_VECTOR, dim=2)
-        for name, schema, field in [
-            *((f"{prefix}_{v}", rows, "vector") for v in views),
-            (f"{prefix}_state", state, "dummy"),
-        ]:
-            if not self.client.has_collection(name):
-                params = self.client.prepare_index_params()
-                kind = "HNSW" if index == "hnsw" and field == "vector" else "FLAT"
-                params.add_index(field_name=field, index_type=kind, metric_type="IP", params={})
-                try:
-                    self.client.create_collection(
-                        name, schema=schema, index_params=params, consistency_level="Strong"
-                    )
-                except Exception:  # another worker created it meanwhile
-                    if not self.client.has_collection(name):
-                        raise
-            self.client.load_collection(name)
-
-    def upsert_rows(
-        self, view: str, ids: list[str], coords: np.ndarray, metadata: list[Any], seq: int
-    ) -> None:
-        for start in range(0, len(ids), self.WRITE_BATCH):
-            stop = min(len(ids), start + self.WRITE_BATCH)
-            rows = [
-                {"id": ids[i], "vector": coords[i], "metadata": {"v": metadata[i]}, "seq": seq}
-                for i in range(start, stop)
-            ]
-            self.client.upsert(f"{self.prefix}_{view}", rows)
-
-    def put_bank_state(
-        self, view: str, bank: str, ids_matrix: np.ndarray, sims_matrix: np.ndarray
-    ) -> None:
-        n, rows = ids_matrix.shape[0], []
-        for chunk in range((n + self.BANK_CHUNK - 1) // self.BANK_CHUNK):
-            part = slice(chunk * self.BANK_CHUNK, (chunk + 1) * self.BANK_CHUNK)
-            sims = np.where(np.isfinite(sims_matrix[part]), sims_matrix[part], None)
-            value = {"n": n, "ids": ids_matrix[part].tolist(), "sims": sims.tolist()}
-            key = f"bank:{view}:{bank}:{chunk:06d}"
-            rows.append({"key": key, "value": value, "seq": 0, "dummy": [0.0, 0.0]})
-        self.client.upsert(f"{self.prefix}_state", rows)
-
-    def set_version(self, version: int, size: int) -> None:
-        value = {"version": version, "size": size}
-        row = {"key": "version", "value": value, "seq": version, "dummy": [0.0, 0.0]}
-        self.client.upsert(f"{self.prefix}_state", [row])

@@ -20,11 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from service.backends.base import BackendUnavailable
 from service.export.chunked import DEFAULT_CHUNK_ROWS
 
 #: how often ``--merge N --wait S`` looks for the partial states
 WAIT_POLL_SECONDS = 5.0
-#: opening the collections: tries, and the pause between them
+#: creating/loading the collections: tries, and the pause between them
 SINK_ATTEMPTS = 4
 SINK_RETRY_SECONDS = 2.0
 
@@ -57,13 +58,11 @@ def register(subparsers: Any) -> None:
         default=1,
         help="gallery version the rows are written as and the merge commits (default 1)",
     )
-    parser.add_argument("--milvus-uri", help="Milvus URI (default: HUBLESS_MILVUS_URI)")
-    parser.add_argument(
-        "--milvus-token", help="Milvus token (default: HUBLESS_MILVUS_TOKEN, if set)"
-    )
     parser.add_argument("--env-file", type=Path, help="a file of HUBLESS_* settings")
     parser.add_argument(
-        "--metadata", type=Path, help="JSON lines, one object (or empty line) per gallery row"
+        "--metadata",
+        type=Path,
+        help="JSON lines, one value (or empty line) per gallery row, in row order",
     )
     parser.add_argument(
         "--chunk-rows",
@@ -101,7 +100,7 @@ def run_load(args: argparse.Namespace) -> int:
         return _fail(exc, 2)
     try:
         summary = _run(args, shard)
-    except (BulkError, ValueError, OSError) as exc:
+    except (BulkError, BackendUnavailable, ValueError, OSError) as exc:
         return _fail(exc, 1)
     print(json.dumps({**summary, "peak_rss_mb": peak_rss_mb()}, indent=2))
     return 0
@@ -134,9 +133,11 @@ def _run(args: argparse.Namespace, shard: Any) -> dict[str, Any]:
     from service.settings import Settings
 
     settings = Settings(_env_file=args.env_file)  # type: ignore[call-arg]
-    uri = args.milvus_uri or settings.milvus_uri
-    if not uri:
-        raise BulkError("give --milvus-uri URI or set HUBLESS_MILVUS_URI")
+    if settings.gallery_metadata is not None and args.metadata is None:
+        raise BulkError(
+            "HUBLESS_GALLERY_METADATA is keyed by id and would need the whole gallery's ids in "
+            "memory: give the metadata in row order with --metadata FILE.jsonl"
+        )
     bq_path, bg_path = settings.bank_paths()
     if bq_path is None:
         raise BulkError("the load needs a query-bank file (HUBLESS_QUERY_BANK)")
@@ -158,10 +159,10 @@ def _run(args: argparse.Namespace, shard: Any) -> dict[str, Any]:
         names = [partial_name(i, args.merge) for i in range(args.merge)]
         _wait_for(args.state_dir, names, args.wait)
         merged = merged_state(job, args.merge, args.state_dir, args.version)
-        return {"merged_shards": args.merge, **merged.commit(milvus_sink(settings, uri, args, job))}
+        return {"merged_shards": args.merge, **merged.commit(open_store(settings, job))}
     ids = LineSource(settings.gallery_ids_path(), job.size)
     metadata = LineSource(args.metadata, job.size, "metadata") if args.metadata else None
-    sink = milvus_sink(settings, uri, args, job)
+    sink = open_store(settings, job)
     return load_shard(job, shard, ids, metadata, sink, args.state_dir, args.version)
 
 
@@ -174,26 +175,19 @@ def _wait_for(directory: Path, names: list[str], seconds: float) -> None:
         time.sleep(min(WAIT_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
 
 
-def milvus_sink(settings: Any, uri: str, args: argparse.Namespace, job: Any) -> Any:
-    """The Milvus collections the service with these settings serves, ready for writing."""
-    from service.remote.bulk import BulkError, MilvusSink
+def open_store(settings: Any, job: Any) -> Any:
+    """The remote store the service with these settings uses, its collections created."""
+    from service.remote.startup import remote_store
 
-    secret = settings.milvus_token
-    token = args.milvus_token or (secret.get_secret_value() if secret else None)
+    store = remote_store(settings, job.banks.dim)
     attempt = 1
     while True:
         try:
-            return MilvusSink(
-                uri,
-                token,
-                settings.milvus_collection,
-                job.banks.dim,
-                job.views,
-                settings.milvus_index,
-            )
-        except Exception as exc:  # pymilvus raises its own types
+            store.ensure(job.views)
+            return store
+        except BackendUnavailable:
             # workers start together: one may find a collection another is still indexing
             if attempt == SINK_ATTEMPTS:
-                raise BulkError(f"Milvus at {uri}: {exc}") from exc
+                raise
             attempt += 1
             time.sleep(SINK_RETRY_SECONDS)

@@ -87,6 +87,16 @@ class Served:
         return np.array(flags, dtype=bool).reshape(len(top1), 2)
 
 
+def bank_widths(views: Sequence[str], norm: NormParams, hub_k: int) -> dict[Key, int]:
+    """Top-k width per (view, bank): the original view's query-bank state also serves hub
+    screening (k = max(dis_topk, hub_k)); the others only the activation sets."""
+    out = {}
+    for view in views:
+        out[(view, QUERY)] = max(norm.dis_topk, hub_k) if view == ORIGINAL else norm.dis_topk
+        out[(view, GALLERY)] = norm.dis_topk
+    return out
+
+
 def padded(queries: np.ndarray) -> np.ndarray:
     """``[q, 0…]``: a raw inner-product search of the d+5 rows."""
     return np.hstack([queries, np.zeros((queries.shape[0], 5), queries.dtype)])
@@ -135,16 +145,7 @@ class RemoteEngine:
         return self._served.size
 
     def widths(self) -> dict[Key, int]:
-        """Top-k width per (view, bank): the original view's query-bank state also serves hub
-        screening (k = max(dis_topk, hub_k)); the others only the activation sets."""
-        hub = self.screening.k if self.screening is not None else 0
-        out = {}
-        for view in self.views:
-            out[(view, QUERY)] = (
-                max(self.norm.dis_topk, hub) if view == ORIGINAL else self.norm.dis_topk
-            )
-            out[(view, GALLERY)] = self.norm.dis_topk
-        return out
+        return bank_widths(self.views, self.norm, self.screening.k if self.screening else 0)
 
     def _empty_tops(self) -> dict[Key, IdTopK]:
         n = {QUERY: self.banks.sizes[0], GALLERY: self.banks.sizes[1]}

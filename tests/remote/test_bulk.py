@@ -20,10 +20,6 @@ from service.export.augment import view_coordinates
 from service.export.chunked import MappedGallery
 from service.export.writers import LineSource
 from service.remote.bulk import (
-    GALLERY,
-    INVGC,
-    ORIGINAL,
-    QUERY,
     BulkError,
     BulkJob,
     MemorySink,
@@ -31,6 +27,7 @@ from service.remote.bulk import (
     load_shard,
     merge_shards,
 )
+from service.remote.store import GALLERY, INVGC, ORIGINAL, QUERY
 from service.settings import DEMO_DIR
 
 N_GALLERY, N_BANK, CHUNK = 700, 300, 64  # 11 chunks, the last one short
@@ -214,17 +211,18 @@ def test_metadata_reaches_the_sink_and_bad_json_names_the_row(data, banks, tmp_p
     ids = LineSource(data["ids.txt"], N_GALLERY).take(N_GALLERY)
     assert sink.rows[ORIGINAL][ids[4]][1] == {"row": 4} and sink.rows[ORIGINAL][ids[3]][1] is None
     bad = tmp_path / "bad.jsonl"
-    bad.write_text("\n".join(["{}"] * 100 + ["{oops"] + ["{}"] * (N_GALLERY - 101)) + "\n")
-    with pytest.raises(BulkError, match="gallery row 100"):
-        load_shard(
-            _job(data, banks, None),
-            Shard(0, 1),
-            LineSource(data["ids.txt"], N_GALLERY),
-            LineSource(bad, N_GALLERY, "metadata"),
-            MemorySink(),
-            tmp_path / "bad",
-            version=1,
-        )
+    for wrong in ("{oops", '{"x": NaN}'):
+        bad.write_text("\n".join(["{}"] * 100 + [wrong] + ["{}"] * (N_GALLERY - 101)) + "\n")
+        with pytest.raises(BulkError, match="gallery row 100"):
+            load_shard(
+                _job(data, banks, None),
+                Shard(0, 1),
+                LineSource(data["ids.txt"], N_GALLERY),
+                LineSource(bad, N_GALLERY, "metadata"),
+                MemorySink(),
+                tmp_path / "bad",
+                version=1,
+            )
 
 
 def test_full_adjacency_and_a_wrong_dimension_are_refused(data, banks) -> None:
@@ -278,6 +276,9 @@ def test_cli_missing_files_are_one_line_status_1(data, tmp_path, monkeypatch, ca
     assert status == 1 and err.count("\n") == 1 and "m.jsonl" in err, err
     status, err = _cli(capsys, "--merge", "2", *argv)
     assert status == 1 and err.count("\n") == 1 and "shard(s) 0, 1 of 2" in err, err
+    monkeypatch.setenv("HUBLESS_GALLERY_METADATA", str(tmp_path / "by-id.jsonl"))
+    status, err = _cli(capsys, "--shard", "0/2", *argv)
+    assert status == 1 and err.count("\n") == 1 and "--metadata" in err, err
 
 
 _PEAK_SCRIPT = """

@@ -1,0 +1,80 @@
+"""``hubless load`` into a milvus-lite server: three worker processes at once and the merge,
+then a writer started on those collections adopts the load (nothing recomputed) and answers
+as the exact engine does on the same files, every method on both views; a rerun worker and
+merge change nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from engine import DemoFiles, demo_queries
+from support.milvus import environment
+
+from remote.test_engine import _assert_equal_engines
+from service.algorithms import check_embeddings
+from service.engine.startup import load_engine
+from service.remote.engine import RemoteEngine
+from service.remote.store import GALLERY, INVGC, ORIGINAL, QUERY
+
+WORKERS = 3
+
+
+def _load(env: dict[str, str], *argv: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "load", *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finish(process: subprocess.Popen) -> str:
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-2000:]
+    return out
+
+
+def test_sharded_load_serves_like_the_exact_engine(
+    demo: DemoFiles, milvus_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = demo.settings(
+        tmp_path / "remote", backend="milvus", milvus_uri=milvus_uri, milvus_collection="bulk"
+    )
+    env = environment(settings)
+    state = ["--state-dir", str(tmp_path / "state"), "--threads", "1", "--chunk-rows", "64"]
+    workers = [_load(env, "--shard", f"{i}/{WORKERS}", *state) for i in range(WORKERS)]
+    for worker in workers:
+        _finish(worker)
+    _finish(_load(env, "--merge", str(WORKERS), *state))
+
+    def no_reload(*args: object) -> None:
+        raise AssertionError("the writer reloaded the gallery files: the load was not adopted")
+
+    monkeypatch.setattr(RemoteEngine, "load_gallery", no_reload)
+    remote = load_engine(settings)
+    assert isinstance(remote, RemoteEngine)
+    try:
+        exact = load_engine(demo.settings(tmp_path / "exact"))
+        assert (remote.version, remote.size) == (1, len(demo.ids))
+        queries = check_embeddings(demo_queries(16, start=280)[0], field="queries")
+        _assert_equal_engines(exact, remote, queries)
+        for view, invgc in ((ORIGINAL, False), (INVGC, True)):
+            exact_view = exact.state.view(invgc)
+            ids = exact.state.id_array
+            for bank, top in ((QUERY, exact_view.query_top), (GALLERY, exact_view.gallery_top)):
+                want = set(ids[np.flatnonzero(top.activated(exact_view.size))].tolist())
+                assert remote._served.tops[(view, bank)].activated == want
+        # a worker and the merge run again (a restarted pod): same rows, same state
+        _finish(_load(env, "--shard", f"1/{WORKERS}", *state))
+        _finish(_load(env, "--merge", str(WORKERS), *state))
+        assert remote.store.count(ORIGINAL) == remote.store.count(INVGC) == len(demo.ids)
+        assert remote.refresh() is False  # the committed version did not move
+        _assert_equal_engines(exact, remote, queries)
+    finally:
+        remote.close()
+        remote.store.drop()
