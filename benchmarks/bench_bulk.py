@@ -49,6 +49,7 @@ class Worker:
     wall_seconds: float
     loop_rows_per_second: float  # the worker's own figure: chunks computed and written
     writing_seconds: float  # of the loop, waiting for Milvus to take the rows
+    cpu_seconds: float  # the worker process's user + system time
     peak_rss_mb: float
 
 
@@ -58,6 +59,7 @@ class Run:
     wall_seconds: float  # first start to last exit
     merge_seconds: float
     milvus_rss_mb: float  # the server process tree after the load (embedded server only)
+    milvus_cpu_seconds: float  # the server's CPU time during the load and merge (ditto)
 
     @property
     def rows(self) -> int:
@@ -109,6 +111,7 @@ def load(
     """W workers at once, then the merge; each into the collections ``bulk<W>_*``."""
     state = workdir / f"state{workers}"
     env = {**env, "HUBLESS_MILVUS_COLLECTION": f"bulk{workers}"}
+    server_cpu = cpu_seconds(server_pid)
     common = ["--state-dir", str(state), "--threads", "1", "--chunk-rows", str(chunk_rows)]
     started = time.perf_counter()
     logs = [workdir / f"worker{workers}-{i}.log" for i in range(workers)]
@@ -134,6 +137,7 @@ def load(
                 round(ended[process.pid], 1),
                 summary["rows_per_second"],
                 summary["writing_seconds"],
+                summary["cpu_seconds"],
                 summary["peak_rss_mb"],
             )
         )
@@ -144,25 +148,34 @@ def load(
         raise RuntimeError(f"{merge_log}: exit {merge.returncode}\n{merge_log.read_text()}")
     merge_seconds = time.perf_counter() - merge_started
     milvus_mb = tree_rss_kb(server_pid) / 1024 if server_pid else float("nan")
-    return Run(results, round(wall, 1), round(merge_seconds, 1), round(milvus_mb, 1))
+    milvus_cpu = cpu_seconds(server_pid) - server_cpu
+    return Run(results, round(wall, 1), round(merge_seconds, 1), round(milvus_mb, 1), milvus_cpu)
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far (Linux ``/proc``; NaN without a pid)."""
+    if pid is None:
+        return float("nan")
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def table(runs: dict[int, Run]) -> str:
     lines = [
-        "| workers | rows | wall (all workers) | rows/s total | per worker: rows/s, peak RSS | "
-        "merge | Milvus RSS after |",
+        "| workers | rows | wall (all workers) | rows/s total | per worker: rows/s, rows per "
+        "CPU-second, peak RSS | merge | Milvus: RSS after, CPU during |",
         "|---:|---:|---:|---:|---|---:|---:|",
     ]
     for count, run in runs.items():
         each = "; ".join(
             f"{w.shard}: {w.loop_rows_per_second:,.0f}/s ({w.writing_seconds:,.0f} s writing), "
-            f"{w.peak_rss_mb:,.0f} MB"
+            f"{w.rows / w.cpu_seconds:,.0f}/CPU-s, {w.peak_rss_mb:,.0f} MB"
             for w in run.workers
         )
         lines.append(
             f"| {count} | {run.rows:,} | {run.wall_seconds:,.0f} s | "
             f"{run.rows / run.wall_seconds:,.0f} | {each} | {run.merge_seconds:.1f} s | "
-            f"{run.milvus_rss_mb:,.0f} MB |"
+            f"{run.milvus_rss_mb:,.0f} MB, {run.milvus_cpu_seconds:,.0f} s |"
         )
     return "\n".join(lines)
 

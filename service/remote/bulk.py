@@ -79,7 +79,7 @@ class BulkSink(Protocol):
 
 
 class MemorySink:
-    """A :class:`BulkSink` in memory (tests, and a dry run): the last write of each id wins."""
+    """A :class:`BulkSink` in memory (for tests): the last write of each id wins."""
 
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, tuple[np.ndarray, Any, int]]] = {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -102,7 +103,12 @@ def run_load(args: argparse.Namespace) -> int:
         summary = _run(args, shard)
     except (BulkError, BackendUnavailable, ValueError, OSError) as exc:
         return _fail(exc, 1)
-    print(json.dumps({**summary, "peak_rss_mb": peak_rss_mb()}, indent=2))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    process = {
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    print(json.dumps({**summary, **process}, indent=2))
     return 0
 
 
@@ -113,8 +119,6 @@ def peak_rss_mb() -> float:
         status = Path("/proc/self/status").read_text()
         return round(int(status.split("VmHWM:")[1].split()[0]) / 1024, 1)
     except (OSError, IndexError, ValueError):  # not Linux
-        import resource
-
         return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
