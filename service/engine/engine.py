@@ -36,7 +36,7 @@ from service.algorithms.hubs import HubScreening, Suspects, suspected_hubs
 from service.backends import BackendFactory, SearchBackend
 from service.engine.changes import Change, Delete, Upsert
 from service.engine.filters import Predicate, allowed_rows
-from service.engine.items import item_stats
+from service.engine.items import item_stats, page_body
 from service.engine.persistence import GalleryStore
 from service.engine.state import Catalog, GalleryState, Metadata
 
@@ -202,13 +202,7 @@ class Engine:
         state = self._state
         end = min(state.size, offset + limit)
         items = [{"id": state.ids[r], "metadata": state.metadata[r]} for r in range(offset, end)]
-        return {
-            "version": state.version,
-            "total": state.size,
-            "offset": offset,
-            "limit": limit,
-            "items": items,
-        }
+        return page_body(state.version, state.size, offset, limit, items)
 
     def item(self, item_id: str, embedding: bool = False) -> dict:
         """One item: metadata, its bank statistics on each view, optionally its embedding."""

@@ -21,3 +21,8 @@ def item_stats(stats: np.ndarray, activated: np.ndarray, bank_sizes: tuple[int, 
         "in_query_bank_activation": bool(activated[0]),
         "in_gallery_bank_activation": bool(activated[1]),
     }
+
+
+def page_body(version: int, total: int, offset: int, limit: int, items: list[dict]) -> dict:
+    """``GET /gallery``'s answer: ``items`` ({"id", "metadata"}) from ``offset`` of ``total``."""
+    return {"version": version, "total": total, "offset": offset, "limit": limit, "items": items}

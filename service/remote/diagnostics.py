@@ -36,7 +36,7 @@ def diagnose_remote(
     methods: tuple[str, ...] = METHODS,
     hub_limit: int = 10,
 ) -> Diagnostics:
-    served = engine._served
+    served = engine.served
     if served.size == 0:
         raise InputError("gallery", "the gallery is empty; there is nothing to diagnose")
     if truth_ids is not None:
@@ -84,7 +84,7 @@ def diagnose_remote(
 def _degeneration(engine: RemoteEngine, invgc: bool, sample: int) -> Degeneration:
     """Δdeg over (up to) ``sample`` items: the mean similarity to their nearest other item in
     the whole gallery of the view (the sample: the first items in Milvus's order)."""
-    served = engine._served
+    served = engine.served
     view = INVGC if invgc else ORIGINAL
     if served.size < 2:
         return Degeneration(0.0, served.size, served.size)

@@ -43,7 +43,7 @@ from service.algorithms.hubs import HubScreening
 from service.backends.base import BackendUnavailable
 from service.engine.engine import ChangeResult, HubWarning, SearchResult, SuspectedHubError
 from service.engine.filters import Predicate
-from service.engine.items import item_stats
+from service.engine.items import item_stats, page_body
 from service.engine.state import Metadata, UnknownIdError
 from service.remote.banktop import IdTopK, robust_scale
 from service.remote.filters import milvus_filter
@@ -137,6 +137,11 @@ class RemoteEngine:
         return self.banks.dim
 
     @property
+    def served(self) -> Served:
+        """The version served now, its size and bank state (one consistent snapshot)."""
+        return self._served
+
+    @property
     def version(self) -> int:
         return self._served.version
 
@@ -163,13 +168,7 @@ class RemoteEngine:
             ORIGINAL, f"{SEQ} <= {served.version}", [METADATA], offset=offset, limit=limit
         )
         items = [{"id": r[ID], "metadata": r[METADATA]["v"]} for r in rows]
-        return {
-            "version": served.version,
-            "total": served.size,
-            "offset": offset,
-            "limit": limit,
-            "items": items,
-        }
+        return page_body(served.version, served.size, offset, limit, items)
 
     def item(self, item_id: str, embedding: bool = False) -> dict:
         """One item: metadata, bank statistics on each view, optionally its embedding."""

@@ -118,7 +118,7 @@ def test_remote_engine_equals_the_exact_engine_through_changes(
         ids = exact.state.id_array
         for bank, top in ((QUERY, state.query_top), (GALLERY, state.gallery_top)):
             want = set(ids[np.flatnonzero(top.activated(state.size))].tolist())
-            assert remote._served.tops[(view, bank)].activated == want
+            assert remote.served.tops[(view, bank)].activated == want
     assert remote.item(demo.ids[50]) == exact.item(demo.ids[50])
     with pytest.raises(UnknownIdError):
         remote.delete(["no such id"])
@@ -262,3 +262,28 @@ def test_invgc_off_serves_the_original_collection_only(
     finally:
         remote.close()
         remote.store.drop()
+
+
+def test_a_failed_change_changes_nothing_and_the_next_one_repairs(
+    pair: tuple[Engine, RemoteEngine], demo: DemoFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Milvus fails while a delete is written (after the adjusted rows went): 503, the served
+    version stays; the next change finds the intent, completes it, then applies itself."""
+    exact, remote = pair
+    deleting = RemoteStore.delete_rows
+
+    def fail_on_original(store: RemoteStore, view: str, ids: list[str]) -> None:
+        if view == ORIGINAL:
+            raise BackendUnavailable("Milvus went away")
+        deleting(store, view, ids)
+
+    monkeypatch.setattr(RemoteStore, "delete_rows", fail_on_original)
+    with pytest.raises(BackendUnavailable):
+        remote.delete(demo.ids[:5])
+    monkeypatch.setattr(RemoteStore, "delete_rows", deleting)
+    assert remote.version == remote.store.version().version == exact.version
+    rows = _unit(demo_queries(2, start=0)[0])
+    remote.upsert(["after"], rows[:1], [None])  # recovers the delete first (version + 1)
+    exact.delete(demo.ids[:5])
+    exact.upsert(["after"], rows[:1], [None])
+    _assert_equal_engines(exact, remote, _unit(demo_queries(8, start=280)[0]))

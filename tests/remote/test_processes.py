@@ -108,8 +108,11 @@ def _await_version(readers: list[Serve], version: int, since: float) -> float:
 
 
 def test_readers_follow_the_writer_exactly(cluster: Cluster) -> None:
+    early = cluster.start("reader0", read_only=True, wait=False)  # before the writer: waits
+    assert early.readyz_status() == 503
     writer = cluster.start("writer")
-    readers = [cluster.start(f"reader{i}", read_only=True) for i in range(2)]
+    readers = [cluster.start("reader1", read_only=True), early]
+    early.wait_ready()
     queries = demo_queries(6, start=280)[0]
     extra = demo_queries(12, start=0)[0]
     deleted = cluster.demo.ids[:15]

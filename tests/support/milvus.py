@@ -91,6 +91,17 @@ class Serve:
         )
         self.http = httpx.Client(base_url=self.url, timeout=60)
 
+    def readyz_status(self, timeout: float = 120.0) -> int:
+        """The status of /readyz once the process listens (it may still be starting)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.http.get("/readyz").status_code
+            except httpx.TransportError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"not listening: {self.log()[-2000:]}") from None
+                time.sleep(0.2)
+
     def wait_ready(self, timeout: float = 120.0) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
