@@ -47,7 +47,7 @@ def _assert_same_bank_state(exact: Engine, remote: RemoteEngine) -> None:
     (a tie, possibly with the first item past the k-th)."""
     tol = 4 * exact.dim * EPS32
     row_of = {item: row for row, item in enumerate(exact.state.id_array.tolist())}
-    for (view_name, bank), top in remote._served.tops.items():
+    for (view_name, bank), top in remote.served.tops.items():
         view = exact.state.view(view_name == INVGC)
         want = view.query_top if bank == QUERY else view.gallery_top
         np.testing.assert_allclose(top.sims, want.sim, atol=tol, rtol=0)
