@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from service.backends.base import BackendUnavailable
-from service.export.chunked import DEFAULT_CHUNK_ROWS
+from service.export.commands import add_chunk_arguments
 
 #: how often ``--merge N --wait S`` looks for the partial states
 WAIT_POLL_SECONDS = 5.0
@@ -65,18 +64,7 @@ def register(subparsers: Any) -> None:
         type=Path,
         help="JSON lines, one value (or empty line) per gallery row, in row order",
     )
-    parser.add_argument(
-        "--chunk-rows",
-        type=int,
-        default=DEFAULT_CHUNK_ROWS,
-        help=f"gallery rows per chunk (default {DEFAULT_CHUNK_ROWS}); memory ~ rows x threads",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=os.cpu_count() or 1,
-        help="chunks a worker computes in parallel (default: CPU count)",
-    )
+    add_chunk_arguments(parser, "--threads")
     parser.add_argument(
         "--wait",
         type=float,
