@@ -78,12 +78,14 @@ def run_module(name: str, quick: bool, chosen: bool = False) -> list[Row]:
     """``bench_<name>.measure(quick)``, or one error row if it cannot run.
 
     A module with ``IN_DEFAULT_RUN = False`` (too long for every full run) runs only when
-    ``chosen`` by ``--only`` or in a quick run.
+    ``chosen`` by ``--only`` or in a quick run; one with ``IN_QUICK_RUN = False`` as well
+    (no quick form, e.g. it needs a server) only when ``chosen``.
     """
     started = time.perf_counter()
     try:
         module = importlib.import_module(f"benchmarks.bench_{name}")
-        if not (quick or chosen or getattr(module, "IN_DEFAULT_RUN", True)):
+        wanted = getattr(module, "IN_QUICK_RUN", True) if quick else None
+        if not (chosen or wanted or (wanted is None and getattr(module, "IN_DEFAULT_RUN", True))):
             print(f"# {name}: skipped (run it with --only {name})", file=sys.stderr)
             return []
         rows = list(module.measure(quick))

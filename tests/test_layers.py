@@ -30,7 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "engine": {"algorithms", "backends", "io", "settings"},
     "export": {"algorithms", "backends", "io", "settings"},
     "datasets": {"algorithms", "io", "settings"},
-    "remote": {"algorithms", "backends", "engine", "io", "settings"},
+    "remote": {"algorithms", "backends", "engine", "export", "io", "settings"},
     "serving": {"engine", "remote", "settings"},
     "api": {
         "algorithms",

@@ -60,22 +60,29 @@ def register(subparsers: Any) -> None:
         help="export the InvGC-adjusted view (default: HUBLESS_INVGC) or the original one",
     )
     parser.add_argument("--env-file", type=Path, help="a file of HUBLESS_* settings")
-    parser.add_argument(
-        "--chunk-rows",
-        type=int,
-        default=DEFAULT_CHUNK_ROWS,
-        help=f"gallery rows per chunk (default {DEFAULT_CHUNK_ROWS}); memory ~ rows x workers",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=os.cpu_count() or 1,
-        help="chunks computed in parallel (threads; default: CPU count)",
-    )
+    add_chunk_arguments(parser, "--workers")
     parser.add_argument(
         "--metadata", type=Path, help="JSON lines, one object (or empty line) per gallery row"
     )
     parser.set_defaults(func=run_export)
+
+
+def add_chunk_arguments(parser: argparse.ArgumentParser, parallel: str) -> None:
+    """``--chunk-rows`` and ``parallel`` (chunks computed at once, on threads): the two factors
+    of a chunked command's memory bound."""
+    parser.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=DEFAULT_CHUNK_ROWS,
+        help=f"gallery rows per chunk (default {DEFAULT_CHUNK_ROWS}); "
+        f"memory ~ rows x {parallel.lstrip('-')}",
+    )
+    parser.add_argument(
+        parallel,
+        type=int,
+        default=os.cpu_count() or 1,
+        help="chunks computed in parallel (threads; default: CPU count)",
+    )
 
 
 def run_export(args: argparse.Namespace) -> int:

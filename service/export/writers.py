@@ -53,6 +53,11 @@ class LineSource:
         """The next ``count`` entries."""
         return [next(self._lines) for _ in range(count)]
 
+    def skip(self, count: int) -> None:
+        """Pass over the next ``count`` entries without keeping them (a shard's first row)."""
+        for _ in range(count):
+            next(self._lines)
+
     def at(self, rows: np.ndarray) -> list[str]:
         """Entries at the given sorted rows (a fresh pass; for the few activated items)."""
         wanted = iter(rows.tolist())

@@ -105,6 +105,16 @@ class ServedView:
         return self.served.activation(self.view, top1)
 
 
+def bank_widths(views: Sequence[str], norm: NormParams, hub_k: int) -> dict[Key, int]:
+    """Top-k width per (view, bank): the original view's query-bank state also serves hub
+    screening (k = max(dis_topk, hub_k)); the others only the activation sets."""
+    out = {}
+    for view in views:
+        out[(view, QUERY)] = max(norm.dis_topk, hub_k) if view == ORIGINAL else norm.dis_topk
+        out[(view, GALLERY)] = norm.dis_topk
+    return out
+
+
 class RemoteEngine:
     """The engine API the routes use (search, upsert, delete, page, item, version, size) on a
     :class:`RemoteStore`. ``read_only``: a reader (follows the writer, refuses changes)."""
@@ -153,16 +163,7 @@ class RemoteEngine:
         return self._served.size
 
     def widths(self) -> dict[Key, int]:
-        """Top-k width per (view, bank): the original view's query-bank state also serves hub
-        screening (k = max(dis_topk, hub_k)); the others only the activation sets."""
-        hub = self.screening.k if self.screening is not None else 0
-        out = {}
-        for view in self.views:
-            out[(view, QUERY)] = (
-                max(self.norm.dis_topk, hub) if view == ORIGINAL else self.norm.dis_topk
-            )
-            out[(view, GALLERY)] = self.norm.dis_topk
-        return out
+        return bank_widths(self.views, self.norm, self.screening.k if self.screening else 0)
 
     def _empty_tops(self) -> dict[Key, IdTopK]:
         n = {QUERY: self.banks.sizes[0], GALLERY: self.banks.sizes[1]}

@@ -12,17 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.algorithms import METHODS, InputError, check_embeddings
+from service.algorithms import InputError, check_embeddings
 from service.backends.base import BackendUnavailable
-from service.engine import Engine, SearchResult, SuspectedHubError, UnknownIdError
+from service.engine import Engine, SuspectedHubError, UnknownIdError
 from service.remote.engine import RemoteEngine
 from service.remote.lease import Lease, LeaseHeld
 from service.remote.startup import remote_store
 from service.remote.store import GALLERY, INVGC, ORIGINAL, QUERY, RemoteStore
 from service.serving import load_engine
 from tests.support.demo import DemoFiles, demo_queries
+from tests.support.engines import assert_equal_engines
 
-EPS32 = float(np.finfo(np.float32).eps)
 _prefixes = itertools.count()
 
 
@@ -45,42 +45,6 @@ def pair(demo: DemoFiles, milvus_uri: str, tmp_path: Path) -> Iterator[tuple[Eng
         remote.store.drop()
 
 
-def _tolerance(engine: Engine, method: str, invgc: bool, d: int) -> float:
-    """Both engines round an inner product of d+5 float32 terms: each error is at most
-    (d+5)·eps·Σ|terms|, and Σ|terms| ≤ w·1 (unit vectors) + Σ_j |c_j|·max|stat_j|."""
-    from service.algorithms import get_normaliser
-
-    view = engine.state.view(invgc)
-    plan = get_normaliser(method).plan(engine.norm, view.bank_sizes, 1, np.ones((1, 2), bool))
-    magnitude = plan.weight + float(np.abs(plan.coefficients[0]) @ np.abs(view.stats).max(axis=0))
-    return 2 * (d + 5) * EPS32 * (magnitude + float(np.abs(plan.offsets).max()))
-
-
-def _assert_close(a: SearchResult, b: SearchResult, tol: float, d: int) -> None:
-    for ids_a, ids_b, sa, sb, ca, cb in zip(
-        a.ids, b.ids, a.scores, b.scores, a.similarities, b.similarities, strict=True
-    ):
-        assert len(ids_a) == len(ids_b)
-        np.testing.assert_allclose(sb, sa, atol=tol, rtol=0)
-        # an exchange of two hits is allowed only between scores equal within the bound
-        for rank, (x, y) in enumerate(zip(ids_a, ids_b, strict=True)):
-            if x != y:
-                assert abs(sa[rank] - sb[rank]) <= tol
-                assert y in ids_a and x in ids_b
-        same = [r for r, (x, y) in enumerate(zip(ids_a, ids_b, strict=True)) if x == y]
-        np.testing.assert_allclose(cb[same], ca[same], atol=2 * d * EPS32, rtol=0)
-
-
-def _assert_equal_engines(exact: Engine, remote: RemoteEngine, queries: np.ndarray) -> None:
-    assert (remote.version, remote.size) == (exact.state.version, exact.state.size)
-    d = exact.dim
-    views = (False, True) if exact.invgc is not None else (False,)
-    for method, invgc in itertools.product(METHODS, views):
-        a = exact.search(queries, k=10, method=method, invgc=invgc)
-        b = remote.search(queries, k=10, method=method, invgc=invgc)
-        _assert_close(a, b, _tolerance(exact, method, invgc, d), d)
-
-
 def _unit(rows: np.ndarray) -> np.ndarray:
     return check_embeddings(rows, field="items")
 
@@ -90,7 +54,7 @@ def test_remote_engine_equals_the_exact_engine_through_changes(
 ) -> None:
     exact, remote = pair
     queries = _unit(demo_queries(16, start=280)[0])
-    _assert_equal_engines(exact, remote, queries)
+    assert_equal_engines(exact, remote, queries)
     fresh = _unit(demo_queries(15, start=0)[0])  # distinct rows: a tie may break either way
     changes = [
         ("upsert", [f"n{i}" for i in range(6)], fresh[:6]),
@@ -111,7 +75,7 @@ def test_remote_engine_equals_the_exact_engine_through_changes(
             a.updated,
             a.deleted,
         )
-        _assert_equal_engines(exact, remote, queries)
+        assert_equal_engines(exact, remote, queries)
     # the bank state is the exact engine's activation sets
     for view, invgc in ((ORIGINAL, False), (INVGC, True)):
         state = exact.state.view(invgc)
@@ -194,7 +158,7 @@ def test_an_interrupted_change_is_recovered(
     restarted = _remote(demo, tmp_path / "w2", milvus_uri, "crash")
     try:
         exact.upsert(ids, rows, [None] * 4)
-        _assert_equal_engines(exact, restarted, queries)
+        assert_equal_engines(exact, restarted, queries)
         assert restarted.store.get_rows(ORIGINAL, ["kept"], [])
         assert not restarted.store.states('key like "intent:%"')
     finally:
@@ -256,7 +220,7 @@ def test_invgc_off_serves_the_original_collection_only(
         for engine in (exact, remote):
             engine.upsert(["a", "b", demo.ids[5]], rows, [None] * 3)
             engine.delete(demo.ids[:10])
-        _assert_equal_engines(exact, remote, queries)
+        assert_equal_engines(exact, remote, queries)
         with pytest.raises(InputError, match="InvGC is not enabled"):
             remote.search(queries, k=5, method="raw", invgc=True)
     finally:
@@ -286,4 +250,4 @@ def test_a_failed_change_changes_nothing_and_the_next_one_repairs(
     remote.upsert(["after"], rows[:1], [None])  # recovers the delete first (version + 1)
     exact.delete(demo.ids[:5])
     exact.upsert(["after"], rows[:1], [None])
-    _assert_equal_engines(exact, remote, _unit(demo_queries(8, start=280)[0]))
+    assert_equal_engines(exact, remote, _unit(demo_queries(8, start=280)[0]))
