@@ -143,29 +143,80 @@ def _above(s: np.ndarray, theta: float, val: np.ndarray, idx: np.ndarray) -> int
     return count
 
 
+@intrinsic
+def _float_bits(typingctx, value):
+    """The int32 bit pattern of the float32 ``value``."""
+    sig = types.int32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return sig, codegen
+
+
 @nb.njit(nogil=True, cache=True)
-def _select_largest(val: np.ndarray, idx: np.ndarray, count: int, k: int) -> None:
-    """Reorder ``val[:count]`` (and ``idx`` alike) so that ``val[:k]`` are its k largest, in no
-    order (Wirth's selection: O(count) expected, in place; 0 < k ≤ count)."""
-    kth = k - 1
-    lo, hi = 0, count - 1
-    while lo < hi:
-        pivot = val[kth]
-        i, j = lo, hi
-        while i <= j:
-            while val[i] > pivot:
-                i += 1
-            while pivot > val[j]:
-                j -= 1
-            if i <= j:
-                val[i], val[j] = val[j], val[i]
-                idx[i], idx[j] = idx[j], idx[i]
-                i += 1
-                j -= 1
-        if j < kth:
-            lo = i
-        if kth < i:
-            hi = j
+def _order_keys(val: np.ndarray, count: int, keys: np.ndarray) -> None:
+    """uint32 keys of ``val[:count]`` in the floats' order (sign bit flipped for positives,
+    every bit for negatives): comparisons of keys are exact comparisons of the values."""
+    for j in range(count):
+        bits = np.uint32(_float_bits(val[j]))
+        keys[j] = ~bits if bits >> np.uint32(31) else bits | np.uint32(0x80000000)
+
+
+@nb.njit(nogil=True, fastmath=True, cache=True)
+def _kth_largest_key(keys: np.ndarray, count: int, k: int) -> np.uint64:
+    """The k-th largest of ``keys[:count]`` (1 ≤ k ≤ count): the largest t with at least k keys
+    ≥ t, by bisection over the 2³² keys (32 vectorised counting passes: no data-dependent
+    branches, where a partition of a few hundred floats mispredicts every other compare)."""
+    lo, hi = np.uint64(0), np.uint64(1) << np.uint64(32)  # count(≥ lo) ≥ k > count(≥ hi)
+    one = np.uint64(1)
+    while hi - lo > one:
+        mid = (lo + hi) >> one
+        at_least = 0
+        for j in range(count):
+            at_least += np.uint64(keys[j]) >= mid
+        if at_least >= k:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@nb.njit(nogil=True, fastmath=True, cache=True)
+def _mean_of_largest(val: np.ndarray, keys: np.ndarray, count: int, k: int) -> float:
+    """float64 mean of the k largest of ``val[:count]`` (ties at the k-th counted once each)."""
+    t = _kth_largest_key(keys, count, k)
+    total = 0.0
+    above = 0
+    at_t = 0.0
+    for j in range(count):
+        key = np.uint64(keys[j])
+        if key > t:
+            total += val[j]
+            above += 1
+        elif key == t:
+            at_t = val[j]
+    return (total + (k - above) * at_t) / k
+
+
+@nb.njit(nogil=True, fastmath=True, cache=True)
+def _keep_largest(val: np.ndarray, idx: np.ndarray, keys: np.ndarray, count: int, k: int) -> None:
+    """Move the k largest of ``val[:count]`` (with their ``idx``) to ``[:k]``, in column order;
+    a tie at the k-th place keeps its first members."""
+    t = _kth_largest_key(keys, count, k)
+    above = 0
+    for j in range(count):
+        above += np.uint64(keys[j]) > t
+    ties = k - above
+    out = 0
+    for j in range(count):
+        key = np.uint64(keys[j])
+        if key > t or (key == t and ties > 0):
+            if key == t:
+                ties -= 1
+            val[out] = val[j]
+            idx[out] = idx[j]
+            out += 1
 
 
 @nb.njit(nogil=True, fastmath=True, cache=True)
@@ -175,7 +226,9 @@ def scan_rows(
     shift: np.ndarray,
     inv_tau: float,
     groups: int,
-    ks: np.ndarray,
+    k: int,
+    widths: np.ndarray,
+    near_k: int,
     first_row: int,
     lme_top: np.ndarray,
     lme_mean: np.ndarray,
@@ -194,12 +247,12 @@ def scan_rows(
     - ``beta > 0``: ``lme_top = β·max s``, ``lme_mean = mean exp(β s − lme_top)`` (float64).
     - ``shift`` (N,): ``dbsn_top = max(s + shift)``,
       ``dbsn_sum = Σ exp((s + shift − dbsn_top)·inv_tau)`` (float64).
-    - ``groups > 0``: with ``ks`` (m,) decreasing and k = ks[0], each row's entries ≥ θ, θ the
-      k-th largest of the maxima of ``groups`` column groups (column j in group j mod groups: a
-      lower bound of the row's k-th largest), into ``cand_val``/``cand_idx`` (B, cap) and
-      ``cand_count``, then ordered so that for each ``ks[m]`` the first ``ks[m]`` are the row's
-      ``ks[m]`` largest, whose mean goes to ``kmeans[:, m]`` (float64). A row with more than cap
-      candidates (ties) gets count −1 and no means: the caller partitions it whole.
+    - ``groups > 0``: each row's entries ≥ θ, θ the k-th largest of the maxima of ``groups``
+      column groups (column j in group j mod groups: a lower bound of the row's k-th largest),
+      found into ``cand_val``/``cand_idx`` (B, cap) with their count in ``cand_count``; from
+      them the mean of the ``widths[m]`` largest into ``kmeans[:, m]`` (float64) and, if
+      ``near_k`` > 0, the ``near_k`` largest moved to the front (column order). A row with more
+      than cap candidates (ties) gets count −1 and nothing else: the caller partitions it whole.
     - ``col_max``/``col_row`` (N,): each column's maximum so far and its row (``first_row`` + i;
       the earlier row keeps a tie), updated in place.
     """
@@ -215,6 +268,7 @@ def scan_rows(
     ug = np.uint64(groups)
     span = np.uint64((n // groups) * groups) if groups > 0 else zero
     maxima = np.empty(max(groups, 1), np.float32)
+    keys = np.empty(max(groups, cand_val.shape[1], 1), np.uint32)
     for i in range(rows):
         s = sims[i]
         # pass 1: maxima (row, shifted row, column groups, columns)
@@ -275,18 +329,19 @@ def scan_rows(
                 dbsn_sum[i] = total2
         # pass 3: the top-k candidates
         if groups > 0:
-            k = ks[0]
-            theta = np.partition(maxima, groups - k)[groups - k]
+            _order_keys(maxima, groups, keys)
+            theta_key = _kth_largest_key(keys, groups, k)
+            theta = maxima[0]
+            for j in range(groups):
+                theta = maxima[j] if np.uint64(keys[j]) == theta_key else theta
             count = _above(s, theta, cand_val[i], cand_idx[i])
             cand_count[i] = count
             if count >= 0:
-                for m in range(ks.shape[0]):
-                    _select_largest(cand_val[i], cand_idx[i], count, ks[m])
-                    count = ks[m]
-                    total = 0.0
-                    for j in range(count):
-                        total += cand_val[i, j]
-                    kmeans[i, m] = total / count
+                _order_keys(cand_val[i], count, keys)
+                for m in range(widths.shape[0]):
+                    kmeans[i, m] = _mean_of_largest(cand_val[i], keys, count, widths[m])
+                if near_k > 0:
+                    _keep_largest(cand_val[i], cand_idx[i], keys, count, near_k)
 
 
 @nb.njit(nogil=True, fastmath=True, cache=True)

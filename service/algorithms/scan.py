@@ -135,9 +135,9 @@ class _RowReductions:
 
     @cached_property
     def widths(self) -> np.ndarray:
-        """The distinct top-k widths the rows need (means and neighbours), decreasing."""
-        wanted = {min(k, self.columns) for k in (*self.mean_topk, self.neighbour_k or 0)}
-        return np.array(sorted(wanted - {0}, reverse=True), np.int64)
+        """The top-k means' widths (at most the row length), in ``mean_topk``'s order (the
+        order of the ``means`` dicts, which hold each k once)."""
+        return np.array([min(k, self.columns) for k in dict.fromkeys(self.mean_topk)], np.int64)
 
     def run_fused(
         self,
@@ -160,10 +160,11 @@ class _RowReductions:
         cand_val = np.empty((rows, cap), np.float32)
         cand_idx = np.empty((rows, cap), np.int64)
         count = np.empty(rows, np.int64)
-        kmeans = np.empty((rows, self.widths.size))
+        kmeans = np.zeros((rows, self.widths.size))  # overflowing rows: filled below
         tau = self.dbsn.tau if self.dbsn is not None else 1.0
         fused.scan_rows(
-            sims, self.beta or 0.0, self.dbsn_shift, 1.0 / tau, groups, self.widths, first_row,
+            sims, self.beta or 0.0, self.dbsn_shift, 1.0 / tau, groups, k, self.widths,
+            min(self.neighbour_k or 0, n), first_row,
             tops[0], sums[0], tops[1], sums[1], *col, cand_val, cand_idx, count, kmeans,
         )  # fmt: skip
         if self.beta is not None:
@@ -178,9 +179,8 @@ class _RowReductions:
         if not groups:  # short rows: the numpy selection
             self.finish(*_largest(sims, k, need_idx=self.need_idx), means, near)
             return
-        width = list(self.widths)
-        for kk, out in means.items():
-            out[:] = kmeans[:, width.index(min(kk, n))]
+        for m, out in enumerate(means.values()):
+            out[:] = kmeans[:, m]
         if self.neighbour_k is not None:
             near_k = min(self.neighbour_k, n)
             near[0][:], near[1][:] = cand_idx[:, :near_k], cand_val[:, :near_k]

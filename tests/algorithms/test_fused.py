@@ -135,10 +135,10 @@ def test_fused_rows_take_the_candidate_path_on_wide_rows():
     kmeans = np.empty((5, 3))
     empty = np.empty(0, np.float32)
     fused.scan_rows(
-        sims, 0.0, empty, 1.0, 4 * k, per_row.widths, 0, empty, np.empty(0), empty,
+        sims, 0.0, empty, 1.0, 4 * k, k, per_row.widths, 0, 0, empty, np.empty(0), empty,
         np.empty(0), empty, np.empty(0, np.int64), cand_val, cand_idx, count, kmeans,
     )  # fmt: skip
-    assert (count >= k).all() and (count < 2 * k).all()
+    assert (count >= k).all() and (count < 2 * k).all()  # the bound is tight
     want = -np.sort(-sims, axis=1)
     for m, width in enumerate(per_row.widths):
         np.testing.assert_allclose(kmeans[:, m], want[:, :width].mean(axis=1), rtol=1e-6)
