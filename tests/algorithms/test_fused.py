@@ -2,16 +2,17 @@
 
 Tolerances, from the maths (eps = float32's 2⁻²³; the kernel's own error, on the same float32
 similarities the reference gets in float64):
-- ``exp32``: Cody-Waite reduction and Cephes' polynomial, < 1 ulp measured; 2 ulp asserted.
+- ``exp32``: Cody-Waite reduction and Cephes' polynomial: relative error 2.5·eps at worst on a
+  dense grid; 3·eps asserted.
 - log-mean-exp at β (log units): rounding of ``β·s`` and of ``β·s − top`` (≤ 3·eps·β·max|s| in
-  the exponent, i.e. relative in each term), ``exp32`` (2·eps), the float32 tile sum of
+  the exponent, i.e. relative in each term), ``exp32`` (3·eps), the float32 tile sum of
   ≤ TILE positive terms ((TILE − 1)·eps relative), the float64 rest (nothing at this scale):
-  ``(TILE + 2 + 4·β·max|s|)·eps`` absolute after the logarithm.
+  ``(TILE + 3 + 4·β·max|s|)·eps`` absolute after the logarithm.
 - DBSN's row stat (similarity units, τ·LSE): rounding of ``y = s + τ·log v`` (the shift is
   rounded to float32 too) and of ``y − top`` (≤ 3·eps·max|y| absolute, carried unamplified),
   the ``/τ`` product's relative rounding (eps·|y − top|/τ in the exponent, at most 90·eps for
   any term that is not flushed, times τ back in similarity units), ``exp32`` and the tile sum
-  (``(TILE + 2)·eps`` relative, times τ): ``(3·max|y| + τ·(TILE + 92))·eps``.
+  (``(TILE + 3)·eps`` relative, times τ): ``(3·max|y| + τ·(TILE + 93))·eps``.
 - top-k means and neighbours: the same float32 values are selected (exact comparisons), the
   mean summed in float64: a few eps of the largest value.
 - each column's best row: exact (the earlier row on ties, across parts and blocks).
@@ -29,7 +30,7 @@ from hypothesis import strategies as st
 
 from service.algorithms import fused
 from service.algorithms.scan import _column_start, _RowReductions, scan_bank
-from service.algorithms.sinkhorn import DbsnWeights
+from service.algorithms.sinkhorn import DbsnWeights, _ColumnLse, scaled_logsumexp
 
 from . import reference as ref
 from .conftest import PROPERTY, seeds, unit_rows
@@ -43,14 +44,14 @@ def _exp_all(x: np.ndarray, out: np.ndarray) -> None:
         out[i] = fused.exp32(x[i])
 
 
-def test_exp32_within_two_ulp_on_its_range():
+def test_exp32_within_three_eps_on_its_range():
     x = np.concatenate(
         [np.linspace(-87, 88, 2_000_001, dtype=np.float32), np.float32([-87, 0, 1e-30, 88])]
     )
     got = np.empty_like(x)
     _exp_all(x, got)
     want = np.exp(x.astype(np.float64))
-    assert np.max(np.abs(got - want) / want) <= 2 * EPS
+    assert np.max(np.abs(got - want) / want) <= 3 * EPS
 
 
 def test_exp32_clamps_far_below_its_range_to_a_negligible_positive_value():
@@ -106,10 +107,10 @@ def test_fused_rows_match_float64(
     per_row64 = _reductions(beta, tuple(mean_topk), neighbour_k, cols, log_v, tau)
     lme64, dbsn64, means64, near64, _ = _run(per_row64, sims.astype(np.float64), False)
     top = float(np.abs(sims).max())
-    np.testing.assert_allclose(lme, lme64, rtol=0, atol=(fused.TILE + 2 + 4 * beta * top) * EPS)
+    np.testing.assert_allclose(lme, lme64, rtol=0, atol=(fused.TILE + 3 + 4 * beta * top) * EPS)
     y_top = top + float(np.abs(tau * log_v).max())
     np.testing.assert_allclose(
-        dbsn, dbsn64, rtol=0, atol=(3 * y_top + tau * (fused.TILE + 92)) * EPS
+        dbsn, dbsn64, rtol=0, atol=(3 * y_top + tau * (fused.TILE + 93)) * EPS
     )
     for k in mean_topk:
         np.testing.assert_allclose(means[k], means64[k], rtol=0, atol=4 * top * EPS)
@@ -183,3 +184,22 @@ def test_fused_bank_top1_keeps_the_earlier_row_on_ties(seed, n, rows):
     for b in range(len(bank)):
         assert scan.bank_top_idx[b, 0] == ref.order_desc(s[:, b])[0]
         assert scan.bank_top_sim[b, 0] == s[ref.order_desc(s[:, b])[0], b]
+
+
+@pytest.mark.parametrize("columns", [3, 300, 5000])
+def test_column_lse_of_parts_in_any_order_matches_float64(columns):
+    """Sinkhorn's running column τ·LSE: float32 parts through the kernel (row groups, maxima
+    that rise in later parts and rescale the sums) equal one float64 log-sum-exp of all rows."""
+    rng = np.random.default_rng(columns)
+    tau = 0.01
+    x = np.clip(rng.standard_normal((300, columns)) * 0.2, -1, 1).astype(np.float32)
+    x[250:] += 0.5  # later rows hold the maxima: every column rescales
+    acc32 = _ColumnLse(columns, np.dtype(np.float32), tau)
+    acc64 = _ColumnLse(columns, np.dtype(np.float64), tau)
+    for slot, part in [(0, slice(0, 70)), (2, slice(70, 71)), (0, slice(71, 300))]:
+        acc32.add(slot, x[part])
+        acc64.add(slot, x[part].astype(np.float64))
+    want = scaled_logsumexp(x.astype(np.float64), tau, axis=0)
+    np.testing.assert_allclose(acc64.result(), want, rtol=0, atol=1e-12)
+    top = float(np.abs(x).max())
+    np.testing.assert_allclose(acc32.result(), want, rtol=0, atol=(3 * top + tau * 100) * EPS)
