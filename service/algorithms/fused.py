@@ -26,12 +26,28 @@ form of a max reduction LLVM vectorises.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numba as nb
 import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
+
+
+def _can_cache() -> bool:
+    """Whether numba can keep the compiled kernels on disk (compiled once per install instead
+    of once per process, seconds each): beside this module, or in ``NUMBA_CACHE_DIR``. A
+    read-only install without it (numba would refuse at import) compiles in memory."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return True
+    here = Path(__file__).parent
+    cache = here / "__pycache__"
+    return os.access(cache if cache.is_dir() else here, os.W_OK)
+
+
+_CACHE = _can_cache()
 
 #: Terms summed in float32 before a float64 accumulation (bounds the float32 rounding).
 TILE = 64
@@ -76,7 +92,7 @@ def _fmax(typingctx, a, b):
     return sig, codegen
 
 
-@nb.njit(nogil=True, cache=True)
+@nb.njit(nogil=True, cache=_CACHE)
 def exp32(x: float) -> float:
     """float32 ``exp(x)``: Cody-Waite reduction ``x = n·ln2 + r``, a degree-7 polynomial of r,
     and 2^n built from its bits. Strict float semantics (no fastmath: the reduction's two steps
@@ -110,7 +126,7 @@ def _trailing_zeros(typingctx, x):
 _MASK_BITS = 64
 
 
-@nb.njit(nogil=True, fastmath=True, cache=True)
+@nb.njit(nogil=True, fastmath=True, cache=_CACHE)
 def _above(s: np.ndarray, theta: float, val: np.ndarray, idx: np.ndarray) -> int:
     """Copy the entries of ``s`` that are ≥ theta (and their columns) into ``val``/``idx``, in
     column order; return their count, or −1 if more than fit. Each slice of 64 entries is
@@ -157,7 +173,7 @@ def _float_bits(typingctx, value):
     return sig, codegen
 
 
-@nb.njit(nogil=True, cache=True)
+@nb.njit(nogil=True, cache=_CACHE)
 def _order_keys(val: np.ndarray, count: int, keys: np.ndarray) -> None:
     """uint32 keys of ``val[:count]`` in the floats' order (sign bit flipped for positives,
     every bit for negatives): comparisons of keys are exact comparisons of the values."""
@@ -166,7 +182,7 @@ def _order_keys(val: np.ndarray, count: int, keys: np.ndarray) -> None:
         keys[j] = ~bits if bits >> np.uint32(31) else bits | np.uint32(0x80000000)
 
 
-@nb.njit(nogil=True, fastmath=True, cache=True)
+@nb.njit(nogil=True, fastmath=True, cache=_CACHE)
 def _kth_largest_key(keys: np.ndarray, count: int, k: int) -> np.uint64:
     """The k-th largest of ``keys[:count]`` (1 ≤ k ≤ count): the largest t with at least k keys
     ≥ t, by bisection over the 2³² keys (32 vectorised counting passes: no data-dependent
@@ -185,7 +201,7 @@ def _kth_largest_key(keys: np.ndarray, count: int, k: int) -> np.uint64:
     return lo
 
 
-@nb.njit(nogil=True, fastmath=True, cache=True)
+@nb.njit(nogil=True, fastmath=True, cache=_CACHE)
 def _mean_of_largest(val: np.ndarray, keys: np.ndarray, count: int, k: int) -> float:
     """float64 mean of the k largest of ``val[:count]`` (ties at the k-th counted once each)."""
     t = _kth_largest_key(keys, count, k)
@@ -202,7 +218,7 @@ def _mean_of_largest(val: np.ndarray, keys: np.ndarray, count: int, k: int) -> f
     return (total + (k - above) * at_t) / k
 
 
-@nb.njit(nogil=True, fastmath=True, cache=True)
+@nb.njit(nogil=True, fastmath=True, cache=_CACHE)
 def _keep_largest(val: np.ndarray, idx: np.ndarray, keys: np.ndarray, count: int, k: int) -> None:
     """Move the k largest of ``val[:count]`` (with their ``idx``) to ``[:k]``, in column order;
     a tie at the k-th place keeps its first members."""
@@ -222,7 +238,7 @@ def _keep_largest(val: np.ndarray, idx: np.ndarray, keys: np.ndarray, count: int
             out += 1
 
 
-@nb.njit(nogil=True, fastmath=True, cache=True)
+@nb.njit(nogil=True, fastmath=True, cache=_CACHE)
 def scan_rows(
     sims: np.ndarray,
     beta: float,
@@ -351,7 +367,7 @@ def scan_rows(
 _GROUP_FLOATS = 1 << 18
 
 
-@nb.njit(nogil=True, fastmath=True, cache=True)
+@nb.njit(nogil=True, fastmath=True, cache=_CACHE)
 def column_lse_update(x: np.ndarray, inv_tau: float, top: np.ndarray, total: np.ndarray) -> None:
     """Add the rows of ``x`` (B, C) float32 to running column log-sum-exps: ``top`` (C,) float32
     (start: the lowest float32) and ``total`` (C,) float64 (start: 0) keep
