@@ -20,6 +20,9 @@ import numpy as np
 DEFAULT_BLOCK_BYTES = 64 * 1024 * 1024
 #: Memory one reduction chunk may take: a few passes over it stay in the CPU cache.
 CHUNK_BYTES = 1024 * 1024
+#: Parts a block is split into for the fused kernels (service/algorithms/fused.py), which read
+#: each row once wherever it lies: two per core, so a core slowed by other work delays less.
+FUSED_PARTS = 2 * (os.cpu_count() or 1)
 #: log_mean_exp's fast path (plain ``exp``) is as precise as ``expm1`` within a factor
 #: 1/(1 − mean) ≤ 16 when the mean of ``exp(x − max)`` is at most this; rows above it (all terms
 #: close to 1, e.g. β ≈ 1e-3) take the ``expm1`` path.

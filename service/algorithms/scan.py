@@ -16,7 +16,6 @@ not a transposed copy and a partition.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -30,6 +29,7 @@ from service.algorithms import fused
 from service.algorithms.blocks import (
     _EXP_PATH_MAX_MEAN,
     CHUNK_BYTES,
+    FUSED_PARTS,
     block_rows,
     log_mean_exp,
     merge_topk,
@@ -328,7 +328,7 @@ def scan_bank(
 
         # fused: a few large parts (the kernel works row by row in cache), each with its own
         # column maxima; numpy: cache-sized chunks, each pass over a chunk then stays in cache
-        parts = row_blocks(b, -(-b // (2 * _CORES)) if fuse else chunk)
+        parts = row_blocks(b, -(-b // FUSED_PARTS) if fuse else chunk)
         cols = parallel_map(reduce_part, parts)
         if out.neighbour_sum is not None:
             out.neighbour_sum[sl] = _sparse_rows(near_idx, near_val, N).tocsc() @ bank
@@ -341,9 +341,6 @@ def scan_bank(
     if top is not None:
         out.bank_top_idx, out.bank_top_sim = top.idx, top.sim
     return out
-
-
-_CORES = os.cpu_count() or 1
 
 
 def _column_start(columns: int) -> tuple[np.ndarray, np.ndarray]:

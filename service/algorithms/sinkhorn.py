@@ -20,13 +20,12 @@ its block products (BLAS, the same cost as one scan of the gallery bank against 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from service.algorithms import fused
-from service.algorithms.blocks import block_rows, parallel_map, row_blocks
+from service.algorithms.blocks import FUSED_PARTS, block_rows, parallel_map, row_blocks
 from service.algorithms.validation import check_count, check_positive
 
 #: Keep the float32 similarity blocks across passes when R×C·4 bytes fit this budget.
@@ -132,8 +131,8 @@ class _ColumnLse:
     maximum and float64 sum per column); float64 ones through numpy, each part's τ·LSE merged
     with ``logaddexp`` (float64 throughout)."""
 
-    #: Parts per block (and accumulators): two per core, for balance on a shared machine.
-    SLOTS = 2 * (os.cpu_count() or 1)
+    #: Parts per block, each with its accumulator.
+    SLOTS = FUSED_PARTS
 
     def __init__(self, columns: int, dtype: np.dtype, tau: float) -> None:
         self.tau = tau
