@@ -310,9 +310,13 @@ def scan_bank(
     report = _progress.get()
     fuse = dtype == np.float32  # one kernel pass per row; float64 keeps the numpy reductions
     fused_best = fuse and top is not None and top.k == 1  # the column top-1 in the same pass
+    # one block buffer for every product: a fresh 64 MiB block per product cost its page faults
+    # (first-touch zeroing), ≈ 0.3× of the products' CPU time at 20k × 10k × 256
+    buffer = np.empty((min(rows, n), N), dtype)
     for sl in row_blocks(n, rows):
-        sims = items[sl].astype(dtype, copy=False) @ bank.T  # (B, N); BLAS reads bankᵀ in place
-        b = sims.shape[0]
+        b = sl.stop - sl.start
+        # (B, N); BLAS reads bankᵀ in place
+        sims = np.matmul(items[sl].astype(dtype, copy=False), bank.T, out=buffer[:b])
         near_idx = np.empty((b, near_k), np.int64)
         near_val = np.empty((b, near_k), dtype)
 

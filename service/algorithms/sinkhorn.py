@@ -88,13 +88,17 @@ def sinkhorn_log_v(
     blocks = list(row_blocks(r, rows))
     kept: list[np.ndarray] | None = [] if r * c * itemsize <= keep_bytes else None
 
+    buffer = np.empty((min(rows, r), c), np.promote_types(gallery_bank.dtype, query_bank.dtype))
+
     def block_sims(i: int, sl: slice) -> np.ndarray:
-        """(B, C) similarities of block i (products reused if kept)."""
+        """(B, C) similarities of block i (products reused if kept, else computed into one
+        reused buffer: no page faults of a fresh block per product)."""
         if kept is not None and i < len(kept):
             return kept[i]
+        if kept is None:
+            return np.matmul(gallery_bank[sl], query_bank.T, out=buffer[: sl.stop - sl.start])
         sims = gallery_bank[sl] @ query_bank.T
-        if kept is not None:
-            kept.append(sims)
+        kept.append(sims)
         return sims
 
     q_known, alpha, gamma = False, tau * log_a, 0.0  # u = a at the start: q = 0
