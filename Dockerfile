@@ -37,7 +37,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     HUBLESS_HOST=0.0.0.0 \
     HUBLESS_PORT=8000 \
-    HUBLESS_DATA_DIR=/data
+    HUBLESS_DATA_DIR=/data \
+    NUMBA_CACHE_DIR=/tmp/numba-cache
+# (numba's compiled kernels, service/algorithms/fused.py: the venv is read-only for the user)
 # a fixed numeric uid/gid, so Kubernetes' runAsNonRoot can verify it and volumes can be chowned
 RUN groupadd --system --gid 10001 hubless \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \

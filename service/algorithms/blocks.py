@@ -20,6 +20,9 @@ import numpy as np
 DEFAULT_BLOCK_BYTES = 64 * 1024 * 1024
 #: Memory one reduction chunk may take: a few passes over it stay in the CPU cache.
 CHUNK_BYTES = 1024 * 1024
+#: Parts a block is split into for the fused kernels (service/algorithms/fused.py), which read
+#: each row once wherever it lies: two per core, so a core slowed by other work delays less.
+FUSED_PARTS = 2 * (os.cpu_count() or 1)
 #: log_mean_exp's fast path (plain ``exp``) is as precise as ``expm1`` within a factor
 #: 1/(1 − mean) ≤ 16 when the mean of ``exp(x − max)`` is at most this; rows above it (all terms
 #: close to 1, e.g. β ≈ 1e-3) take the ``expm1`` path.
@@ -53,16 +56,17 @@ def row_blocks(n: int, rows: int) -> Iterator[slice]:
 FEW_ROWS = 16
 
 
-def bank_product(items: np.ndarray, bank: np.ndarray) -> np.ndarray:
-    """``items @ bank.T`` (B, N), both of one dtype.
+def bank_product(items: np.ndarray, bank: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``items @ bank.T`` (B, N), both of one dtype, into ``out`` if given (a reused buffer).
 
     A few rows (one-item gallery changes) are computed by numpy's own single-threaded loop, one
     row at a time, not by BLAS: OpenBLAS splits even a one-row product over all its threads and
     waits for each to get a core, which on two cores shared with other work took 17 ms (p50)
     for 1 × 384 · 384 × 10k, numpy's loop 0.7 ms. Larger blocks are BLAS's."""
     if items.shape[0] > FEW_ROWS:
-        return items @ bank.T
-    out = np.empty((items.shape[0], bank.shape[0]), np.result_type(items, bank))
+        return np.matmul(items, bank.T, out=out)
+    if out is None:
+        out = np.empty((items.shape[0], bank.shape[0]), np.result_type(items, bank))
     for row, target in zip(items, out, strict=True):
         np.einsum("d,nd->n", row, bank, out=target)
     return out

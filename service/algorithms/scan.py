@@ -20,12 +20,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from scipy import sparse
 
+from service.algorithms import fused
 from service.algorithms.blocks import (
+    _EXP_PATH_MAX_MEAN,
     CHUNK_BYTES,
+    FUSED_PARTS,
     bank_product,
     block_rows,
     log_mean_exp,
@@ -102,9 +106,24 @@ class _RowReductions:
             lme[:] = log_mean_exp(sims, self.beta)
         if self.dbsn is not None:
             dbsn[:] = dbsn_row_stat(sims, self.dbsn.log_v, self.dbsn.tau)
-        if not self.largest:
-            return
-        vals, idx = _largest(sims, self.largest, need_idx=self.neighbour_k is not None)
+        if self.largest:
+            self.finish(*_largest(sims, self.largest, need_idx=self.need_idx), means, near)
+
+    @property
+    def need_idx(self) -> bool:
+        return self.neighbour_k is not None
+
+    @cached_property
+    def dbsn_shift(self) -> np.ndarray:
+        """(N,) float32 ``τ·log v``, DBSN's column shift (empty: no DBSN term)."""
+        if self.dbsn is None:
+            return np.empty(0, np.float32)
+        return (self.dbsn.tau * self.dbsn.log_v).astype(np.float32)
+
+    def finish(
+        self, vals: np.ndarray, idx: np.ndarray | None, means: dict[int, np.ndarray], near
+    ) -> None:
+        """The top-k means and neighbours from each row's ``largest`` values (and columns)."""
         for k in self.mean_topk:
             means[k][:] = _mean_of_largest(vals, min(k, self.columns))
         if self.neighbour_k is not None:
@@ -114,6 +133,67 @@ class _RowReductions:
                 keep = np.argpartition(vals, vals.shape[1] - k, axis=1)[:, -k:]
                 vals, idx = (np.take_along_axis(a, keep, axis=1) for a in (vals, idx))
             near_idx[:], near_val[:] = idx, vals
+
+    @cached_property
+    def widths(self) -> np.ndarray:
+        """The top-k means' widths (at most the row length), in ``mean_topk``'s order (the
+        order of the ``means`` dicts, which hold each k once)."""
+        return np.array([min(k, self.columns) for k in dict.fromkeys(self.mean_topk)], np.int64)
+
+    def run_fused(
+        self,
+        sims: np.ndarray,
+        first_row: int,
+        lme: np.ndarray,
+        means: dict[int, np.ndarray],
+        near,
+        dbsn: np.ndarray,
+        col: tuple[np.ndarray, np.ndarray],
+    ) -> None:
+        """:meth:`run` for float32 rows in one kernel call (:func:`fused.scan_rows`), which
+        also updates ``col`` (each column's best value and row so far; empty arrays: none)."""
+        rows, n = sims.shape
+        k = self.largest
+        groups = _GROUPS_PER_K * k if k and n // (_GROUPS_PER_K * k) >= 4 else 0
+        cap = min(n // 4, _CANDIDATES_PER_K * k) if groups else 0
+        tops = np.empty((2, rows), np.float32)
+        sums = np.empty((2, rows))
+        cand_val = np.empty((rows, cap), np.float32)
+        cand_idx = np.empty((rows, cap), np.int64)
+        count = np.empty(rows, np.int64)
+        kmeans = np.zeros((rows, self.widths.size))  # overflowing rows: filled below
+        tau = self.dbsn.tau if self.dbsn is not None else 1.0
+        fused.scan_rows(
+            sims, self.beta or 0.0, self.dbsn_shift, 1.0 / tau, groups, k, self.widths,
+            min(self.neighbour_k or 0, n), first_row,
+            tops[0], sums[0], tops[1], sums[1], *col, cand_val, cand_idx, count, kmeans,
+        )  # fmt: skip
+        if self.beta is not None:
+            lme[:] = fused.log_of(tops[0], sums[0])
+            near_one = sums[0] > _EXP_PATH_MAX_MEAN  # the expm1 path's rows (tiny β)
+            if near_one.any():
+                lme[near_one] = log_mean_exp(sims[near_one], self.beta)
+        if self.dbsn is not None:
+            dbsn[:] = fused.log_of(tops[1], sums[1], tau) if self.dbsn_shift.size else 0.0
+        if not k:
+            return
+        if not groups:  # short rows: the numpy selection
+            self.finish(*_largest(sims, k, need_idx=self.need_idx), means, near)
+            return
+        for m, out in enumerate(means.values()):
+            out[:] = kmeans[:, m]
+        if self.neighbour_k is not None:
+            near_k = min(self.neighbour_k, n)
+            near[0][:], near[1][:] = cand_idx[:, :near_k], cand_val[:, :near_k]
+        over = np.flatnonzero(count < 0)  # too many candidates (ties): partitioned whole
+        if over.size:
+            sub_means = {kk: np.empty(over.size, out.dtype) for kk, out in means.items()}
+            sub_near = tuple(np.empty((over.size, a.shape[1]), a.dtype) for a in near)
+            self.finish(*_largest(sims[over], k, need_idx=self.need_idx), sub_means, sub_near)
+            for kk, out in means.items():
+                out[over] = sub_means[kk]
+            for whole, part in zip(near, sub_near, strict=True):
+                whole[over] = part
 
 
 def _largest(sims: np.ndarray, k: int, *, need_idx: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -127,11 +207,7 @@ def _largest(sims: np.ndarray, k: int, *, need_idx: bool) -> tuple[np.ndarray, n
         return sims, np.broadcast_to(np.arange(n), sims.shape) if need_idx else None
     found = _candidates(sims, k)
     if found is not None:
-        vals, idx = found
-        width = vals.shape[1]
-        if width > k:
-            keep = np.argpartition(vals, width - k, axis=1)[:, width - k :]
-            vals, idx = (np.take_along_axis(a, keep, axis=1) for a in (vals, idx))
+        vals, idx = _top_of(*found, k)
         return vals, idx if need_idx else None
     if not need_idx:  # values only: a partition moves floats, no index array
         return np.partition(sims, n - k, axis=1)[:, n - k :], None
@@ -139,9 +215,21 @@ def _largest(sims: np.ndarray, k: int, *, need_idx: bool) -> tuple[np.ndarray, n
     return np.take_along_axis(sims, idx, axis=1), idx
 
 
+def _top_of(vals: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest of each row of candidate values (B, c ≥ k) and their columns."""
+    width = vals.shape[1]
+    if width > k:
+        keep = np.argpartition(vals, width - k, axis=1)[:, width - k :]
+        vals, idx = (np.take_along_axis(a, keep, axis=1) for a in (vals, idx))
+    return vals, idx
+
+
 #: Groups per top-k entry in :func:`_candidates` (more groups: a tighter bound, a larger
 #: partition of the group maxima).
 _GROUPS_PER_K = 4
+#: Candidates per top-k entry the fused kernel keeps room for (about 1.2 are found on
+#: distinct data; a row with more, e.g. heavy ties, is partitioned whole).
+_CANDIDATES_PER_K = 8
 
 
 def _candidates(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -221,28 +309,59 @@ def scan_bank(
         out.neighbour_sum = np.empty(items.shape, dtype)
     top = _BankTop(N, min(bank_topk, n), dtype) if bank_topk is not None else None
     report = _progress.get()
+    fuse = dtype == np.float32  # one kernel pass per row; float64 keeps the numpy reductions
+    fused_best = fuse and top is not None and top.k == 1  # the column top-1 in the same pass
+    # one block buffer for every product: a fresh 64 MiB block per product cost its page faults
+    # (first-touch zeroing), ≈ 0.3× of the products' CPU time at 20k × 10k × 256
+    buffer = np.empty((min(rows, n), N), dtype)
     for sl in row_blocks(n, rows):
-        sims = bank_product(items[sl].astype(dtype, copy=False), bank)  # (B, N)
-        b = sims.shape[0]
+        b = sl.stop - sl.start
+        # (B, N) into the block buffer; BLAS reads bankᵀ in place
+        sims = bank_product(items[sl].astype(dtype, copy=False), bank, out=buffer[:b])
         near_idx = np.empty((b, near_k), np.int64)
         near_val = np.empty((b, near_k), dtype)
 
-        def reduce_chunk(part: slice, sims=sims, sl=sl, near_idx=near_idx, near_val=near_val):
+        def reduce_part(part: slice, sims=sims, sl=sl, near_idx=near_idx, near_val=near_val):
             at = slice(sl.start + part.start, sl.start + part.stop)
             means = {k: out.topk_means[k][at] for k in mean_topk}
             near = (near_idx[part], near_val[part])
-            per_row.run(sims[part], lme[at], means, near, dbsn_out[at])
+            if not fuse:
+                return per_row.run(sims[part], lme[at], means, near, dbsn_out[at])
+            col = _column_start(N if fused_best else 0)
+            per_row.run_fused(sims[part], at.start, lme[at], means, near, dbsn_out[at], col)
+            return col
 
-        parallel_map(reduce_chunk, row_blocks(b, chunk))
+        # fused: a few large parts (the kernel works row by row in cache), each with its own
+        # column maxima; numpy: cache-sized chunks, each pass over a chunk then stays in cache
+        parts = row_blocks(b, -(-b // FUSED_PARTS) if fuse else chunk)
+        cols = parallel_map(reduce_part, parts)
         if out.neighbour_sum is not None:
             out.neighbour_sum[sl] = _sparse_rows(near_idx, near_val, N).tocsc() @ bank
-        if top is not None:
+        if fused_best:
+            top.merge_best(*_merge_columns(cols))
+        elif top is not None:
             top.update(sims, sl.start)
         if report is not None:
             report(b * N)
     if top is not None:
         out.bank_top_idx, out.bank_top_sim = top.idx, top.sim
     return out
+
+
+def _column_start(columns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column maxima before any row (the lowest float32, so any similarity beats it) and their
+    rows, for :func:`fused.scan_rows` (``columns`` = 0: no column maxima)."""
+    return np.full(columns, np.finfo(np.float32).min, np.float32), np.zeros(columns, np.int64)
+
+
+def _merge_columns(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """One block's column maxima and rows from its parts' (in row order: the earlier row keeps
+    a tie, as within a part)."""
+    best, rows = parts[0]
+    for value, row in parts[1:]:
+        better = value > best
+        best, rows = np.where(better, value, best), np.where(better, row, rows)
+    return best, rows
 
 
 def _empty_bank_scan(
@@ -325,21 +444,26 @@ class _BankTop:
     def _update_best(self, sims: np.ndarray, first_row: int) -> None:
         """k = 1: a column maximum (one cache-friendly pass); the argmax only where it improves."""
         best = sims.max(axis=0)
-        if self.idx.shape[1] == 0:
-            cols = np.arange(sims.shape[1])
-            self.idx = np.empty((sims.shape[1], 1), np.int64)
-            self.sim = np.empty((sims.shape[1], 1), sims.dtype)
-        else:
-            cols = np.flatnonzero(best > self.sim[:, 0])
-        if cols.size:
+        cols = np.flatnonzero(best > self.sim[:, 0]) if self.sim.shape[1] else slice(None)
+        rows = np.zeros(sims.shape[1], np.int64)
+        if best[cols].size:
             # first row reaching the column maximum, in column chunks on the block threads so
             # each gather stays small (and both cores share the early blocks' full gathers)
-            chunks = row_blocks(cols.size, block_rows(sims.shape[0], 1, CHUNK_BYTES))
-            rows = np.concatenate(
-                parallel_map(lambda c: (sims[:, cols[c]] == best[cols[c]]).argmax(axis=0), chunks)
+            at = np.arange(sims.shape[1])[cols]
+            chunks = row_blocks(at.size, block_rows(sims.shape[0], 1, CHUNK_BYTES))
+            rows[at] = np.concatenate(
+                parallel_map(lambda c: (sims[:, at[c]] == best[at[c]]).argmax(axis=0), chunks)
             )
-            self.idx[cols, 0] = rows + first_row
-            self.sim[cols, 0] = best[cols]
+        self.merge_best(best, rows + first_row)
+
+    def merge_best(self, best: np.ndarray, rows: np.ndarray) -> None:
+        """k = 1: account for a block whose column maxima are ``best`` (N,) at item ``rows``
+        (the block's first such row); an earlier block keeps a tie."""
+        if self.idx.shape[1] == 0:
+            self.idx, self.sim = rows[:, None].copy(), best[:, None].astype(self.sim.dtype)
+            return
+        cols = np.flatnonzero(best > self.sim[:, 0])
+        self.idx[cols, 0], self.sim[cols, 0] = rows[cols], best[cols]
 
 
 def _sparse_rows(idx: np.ndarray, val: np.ndarray, columns: int) -> sparse.csr_array:

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.algorithms.blocks import CHUNK_BYTES, block_rows, parallel_map, row_blocks
+from service.algorithms import fused
+from service.algorithms.blocks import FUSED_PARTS, block_rows, parallel_map, row_blocks
 from service.algorithms.validation import check_count, check_positive
 
 #: Keep the float32 similarity blocks across passes when R×C·4 bytes fit this budget.
@@ -86,15 +87,18 @@ def sinkhorn_log_v(
     rows = rows or block_rows(c, itemsize, _WORK_BYTES)
     blocks = list(row_blocks(r, rows))
     kept: list[np.ndarray] | None = [] if r * c * itemsize <= keep_bytes else None
-    chunk = block_rows(c, itemsize, CHUNK_BYTES)  # rows of one thread's share of a block
+
+    buffer = np.empty((min(rows, r), c), np.promote_types(gallery_bank.dtype, query_bank.dtype))
 
     def block_sims(i: int, sl: slice) -> np.ndarray:
-        """(B, C) similarities of block i (products reused if kept)."""
+        """(B, C) similarities of block i (products reused if kept, else computed into one
+        reused buffer: no page faults of a fresh block per product)."""
         if kept is not None and i < len(kept):
             return kept[i]
+        if kept is None:
+            return np.matmul(gallery_bank[sl], query_bank.T, out=buffer[: sl.stop - sl.start])
         sims = gallery_bank[sl] @ query_bank.T
-        if kept is not None:
-            kept.append(sims)
+        kept.append(sims)
         return sims
 
     q_known, alpha, gamma = False, tau * log_a, 0.0  # u = a at the start: q = 0
@@ -102,23 +106,62 @@ def sinkhorn_log_v(
     for _ in range(iterations):
         if q_known:
             alpha = tau * log_a + 1.0 - gamma
-        pieces: list[np.ndarray] = []  # per row chunk: its column τ·LSE of s + q
+        columns = _ColumnLse(c, gallery_bank.dtype, tau)  # column τ·LSE of s + q
 
         for i, sl in enumerate(blocks):
             sims = block_sims(i, sl)
 
-            def piece(part: slice, sims=sims, p=p, q_known=q_known) -> np.ndarray:
+            def piece(job: tuple[int, slice], sims=sims, p=p, q_known=q_known, acc=columns):
+                slot, part = job
                 x = sims[part]
                 if q_known:  # the rows' u-update with the current v
                     q = -scaled_logsumexp(_shifted(x, p, axis=1), tau, axis=1)
                     x = _shifted(x, q, axis=0)
-                return scaled_logsumexp(x, tau, axis=0)
+                acc.add(slot, x)
 
-            pieces.extend(parallel_map(piece, row_blocks(sims.shape[0], chunk)))
-        p = -scaled_logsumexp(np.stack(pieces), tau, axis=0)  # the chunks merged (float64)
+            b = sims.shape[0]
+            parallel_map(piece, enumerate(row_blocks(b, -(-b // _ColumnLse.SLOTS))))
+        p = -columns.result()
         gamma = tau * log_b + 1.0 - alpha
         q_known = True
     return (p + gamma) / tau
+
+
+class _ColumnLse:
+    """Running column ``τ·LSE`` over row parts added in any order, one accumulator per
+    concurrent part (slot), so memory stays O(slots × C) whatever the number of blocks.
+
+    float32 parts go through the fused kernel (:func:`fused.column_lse_update`: a running
+    maximum and float64 sum per column); float64 ones through numpy, each part's τ·LSE merged
+    with ``logaddexp`` (float64 throughout)."""
+
+    #: Parts per block, each with its accumulator.
+    SLOTS = FUSED_PARTS
+
+    def __init__(self, columns: int, dtype: np.dtype, tau: float) -> None:
+        self.tau = tau
+        self.fused = dtype == np.float32
+        shape = (self.SLOTS, columns)
+        self.top = np.full(shape, np.finfo(np.float32).min if self.fused else -np.inf, dtype)
+        self.total = np.zeros(shape)
+
+    def add(self, slot: int, x: np.ndarray) -> None:
+        """Add the rows ``x`` (B, C) to accumulator ``slot`` (one caller per slot at a time)."""
+        tau = self.tau
+        if self.fused:
+            fused.column_lse_update(x, 1.0 / tau, self.top[slot], self.total[slot])
+        else:
+            part = scaled_logsumexp(x, tau, axis=0)
+            self.top[slot] = tau * np.logaddexp(self.top[slot] / tau, part / tau)
+
+    def result(self) -> np.ndarray:
+        """(C,) float64 column τ·LSE of every row added (unused slots contribute nothing)."""
+        if self.fused:
+            used = self.total[:, 0] > 0
+            lse = fused.log_of(self.top[used], self.total[used], self.tau)
+        else:
+            lse = self.top[np.isfinite(self.top[:, 0])]
+        return scaled_logsumexp(lse, self.tau, axis=0)
 
 
 @dataclass(frozen=True)

@@ -79,11 +79,15 @@ class Runtime:
     error: str | None = None
     closed: bool = False
     heavy: HeavyPool = field(init=False)
+    #: plain vector searches: threads that mostly wait in the coalescer (service/api/coalesce.py
+    #: bounds the searches that run), as many as the heavy pool's slots and queue together
+    coalesced: HeavyPool = field(init=False)
     diagnostics_cache: OrderedDict[Hashable, Diagnostics] = field(default_factory=OrderedDict)
     _inflight: dict[Hashable, asyncio.Future[Diagnostics]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.heavy = HeavyPool(self.settings.heavy_concurrency, self.settings.heavy_queue)
+        self.coalesced = HeavyPool(self.settings.heavy_concurrency + self.settings.heavy_queue, 0)
 
     async def diagnostics(self, key: Hashable, compute: Callable[[], Diagnostics]) -> Diagnostics:
         """Cached by ``key``, a tuple whose first item is the gallery version the result must

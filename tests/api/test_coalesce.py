@@ -3,9 +3,11 @@ search would give them: their own rows, offset, k and threshold, their own error
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -180,3 +182,67 @@ def test_real_engine_concurrent_searches_equal_lone_ones(
         tol = 4 * queries.shape[1] * np.finfo(np.float32).eps * scale
         np.testing.assert_allclose(g.scores[0], w.scores[0], rtol=0, atol=tol)
         np.testing.assert_allclose(g.similarities[0], w.similarities[0], rtol=0, atol=tol)
+
+
+def test_http_searches_wait_in_the_coalescer_not_for_a_heavy_slot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """8 concurrent one-query searches over HTTP, the first held in the engine: the 7 others
+    all queue in the coalescer (none stuck behind the heavy pool's 2 slots, where they reached
+    it one at a time: batches of one) and are answered by one shared search, each its own row."""
+    from service.api.routes import search as route
+    from service.app import create_app
+    from service.engine import Engine
+
+    coalescer = SearchCoalescer(max_running=1)
+    monkeypatch.setattr(route, "COALESCER", coalescer)
+    files = write_demo_slices(tmp_path / "data")
+    settings = files.settings(tmp_path / "var", cache=False).model_copy(
+        update={"heavy_concurrency": 2}
+    )
+    calls: list[int] = []
+    release = threading.Event()
+    real = Engine.search
+
+    def held(self: Engine, queries: np.ndarray, **kwargs: object) -> SearchResult:
+        calls.append(len(queries))
+        if len(calls) == 1:
+            assert release.wait(30)
+        return real(self, queries, **kwargs)  # type: ignore[arg-type]
+
+    queries = demo_queries(8)[0]
+    app = create_app(settings, configure_logs=False)
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://x", timeout=60) as client,
+        ):
+            while (await client.get("/readyz")).status_code != 200:
+                await asyncio.sleep(0.02)
+            monkeypatch.setattr(Engine, "search", held)
+            body = {"k": 5, "method": "dualis"}
+            first = asyncio.ensure_future(
+                client.post("/search", json=body | {"queries": [queries[0].tolist()]})
+            )
+            while not calls:
+                await asyncio.sleep(0.01)
+            rest = [
+                asyncio.ensure_future(client.post("/search", json=body | {"queries": [q.tolist()]}))
+                for q in queries[1:]
+            ]
+            for _ in range(1000):  # until the 7 wait in the coalescer (or fail after 10 s)
+                if sum(len(w) for w in coalescer._waiting.values()) == 7:
+                    break
+                await asyncio.sleep(0.01)
+            release.set()
+            return [await first, *[await r for r in rest]]
+
+    responses = asyncio.run(run())
+    assert [r.status_code for r in responses] == [200] * 8
+    assert calls == [1, 7]  # the lone first search, then one shared search of the 7
+    engine = load_engine(settings)
+    for q, response in zip(queries, responses, strict=True):
+        want = engine.search(q[None], k=5, method="dualis", invgc=settings.invgc)
+        assert [h["id"] for h in response.json()["results"][0]] == want.ids[0]

@@ -42,7 +42,17 @@ async def search(body: SearchRequest, engine: EngineDep, runtime: RuntimeDep) ->
     if k + body.offset > settings.max_k:
         raise InputError("k", f"k + offset = {k + body.offset} exceeds the limit {settings.max_k}")
     check_hits(body.size, k + body.offset, settings)
-    return await runtime.heavy.run(_search, body, k, engine, runtime)
+    # plain vector searches wait for a shared search in the coalescer, not for a heavy slot
+    # (waiting there for a slot, they would reach it one by one: batches of one)
+    pool = runtime.coalesced if _coalesced(body) else runtime.heavy
+    return await pool.run(_search, body, k, engine, runtime)
+
+
+def _coalesced(body: SearchRequest) -> bool:
+    """Whether the search goes through the coalescer: given vectors, no filter, no metadata
+    (text queries are encoded first: heavy work of their own)."""
+    plain = body.query_field not in ("query_ids", "texts")
+    return plain and body.filter is None and not body.with_metadata
 
 
 def _search(body: SearchRequest, k: int, engine: Engine, runtime: Runtime) -> OrjsonResponse:
@@ -54,7 +64,7 @@ def _search(body: SearchRequest, k: int, engine: Engine, runtime: Runtime) -> Or
     spec = body.filter.model_dump(exclude_none=True) if body.filter is not None else None
     common = {"k": k, "method": method, "invgc": invgc, "offset": body.offset}
     common["score_threshold"] = body.score_threshold
-    if queries is not None and spec is None and not body.with_metadata:
+    if queries is not None and _coalesced(body):
         # plain vector searches: concurrent ones share one pass over the gallery
         result = COALESCER.search(engine, queries, **common)
     else:
