@@ -153,7 +153,7 @@ def ranks_of(
     score taken from its own block).
     """
     m = queries.shape[0]
-    dtype = view.embeddings.dtype
+    dtype = work_dtype(view.embeddings.dtype)  # what score_block computes in
     estimate, magnitude = np.empty(m, np.float64), np.empty(m, np.float64)
     for i in range(0, m, 4096):  # the true items' own scores, one small product per chunk
         sl = slice(i, min(m, i + 4096))

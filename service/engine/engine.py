@@ -32,6 +32,7 @@ from service.algorithms import (
     get_normaliser,
     prepare_items,
 )
+from service.algorithms.blocks import work_dtype
 from service.algorithms.hubs import HubScreening, Suspects, suspected_hubs
 from service.backends import BackendFactory, SearchBackend
 from service.engine.changes import Change, Delete, Upsert
@@ -303,7 +304,8 @@ class Engine:
         """
         state = self._state  # one snapshot for the whole search
         if queries is None:
-            queries = state.original.embeddings[state.rows_of(list(query_ids or ()), "query_ids")]
+            stored = state.original.embeddings[state.rows_of(list(query_ids or ()), "query_ids")]
+            queries = stored.astype(work_dtype(stored.dtype), copy=False)  # float16 storage
         allowed = None if where is None else self._allowed(state, where, where_key)
         backend, plan = self.plan(state, queries, method, invgc)
         rows, scores = backend.search(queries, plan, k + offset, allowed)
@@ -528,12 +530,15 @@ class Engine:
         if isinstance(change, Upsert):
             invgc = self.invgc if self._per_item_invgc else None
             width = original.query_top.k  # the batch's top-k as wide as the state it joins
-            batch = prepare_items(change.embeddings, self.banks, self.norm, invgc, hub_topk=width)
+            # rounded to the gallery's dtype first: the batch's stats are those of the rows
+            # stored, exactly as a fresh start on the same rows computes them
+            items = change.embeddings.astype(original.embeddings.dtype, copy=False)
+            batch = prepare_items(items, self.banks, self.norm, invgc, hub_topk=width)
             original = original.append(batch.original, self.banks)
             if batch.adjusted is not None and adjusted is not None:
                 adjusted = adjusted.append(batch.adjusted, self.banks)
             if gallery_sum is not None:
-                gallery_sum = gallery_sum + change.embeddings.sum(axis=0, dtype=np.float64)
+                gallery_sum = gallery_sum + items.sum(axis=0, dtype=np.float64)
             catalog = catalog.append(change.ids, change.metadata)
             inserted = len(change.ids) - len(replaced)
         if gallery_sum is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from service.algorithms import Banks, InputError, PreparedItems, check_embeddings, prepare_items
+from service.algorithms.blocks import block_rows, row_blocks
 from service.algorithms.scan import scan_progress
 from service.backends import backend_factory
 from service.engine import cache
@@ -36,6 +37,22 @@ def _checked(array: np.ndarray, path: Path, dim: int | None = None) -> np.ndarra
         return check_embeddings(array, field=str(path), dim=dim)
     except InputError as exc:
         raise DataError(str(exc)) from None
+
+
+def _normalised(raw: np.ndarray, path: Path, dim: int, storage: np.dtype) -> np.ndarray:
+    """The file's rows checked and normalised, held as ``storage``; a float16 gallery is
+    normalised block by block into its float16 array (no second full float32 copy)."""
+    if storage == raw.dtype:
+        return _checked(raw, path, dim=dim)
+    _checked(raw[:1], path, dim=dim)  # an empty file, the dimension: before any work
+    out = np.empty(raw.shape, storage)
+    for rows in row_blocks(raw.shape[0], block_rows(raw.shape[1], 4, 16 << 20)):
+        try:
+            out[rows] = check_embeddings(raw[rows], field=str(path))
+        except InputError:  # say it with the file's row numbers (the block's are relative)
+            _checked(raw, path, dim=dim)
+            raise
+    return out
 
 
 def _no_constant(name: str) -> None:
@@ -107,9 +124,12 @@ def content_digest(embeddings: np.ndarray, banks_digest: str) -> str:
     banks. Keyed by content, a restart after ``POST /admin/snapshot`` finds the entry the
     snapshot wrote, and a gallery file that was rewritten with the same rows still hits."""
     digest = hashlib.sha256(banks_digest.encode())
-    array = np.ascontiguousarray(embeddings, dtype=np.float32)
-    digest.update(str(array.shape).encode())
-    digest.update(memoryview(array).cast("B"))
+    digest.update(str(embeddings.shape).encode())
+    # the float32 bytes, block by block: a float16 gallery hashes as the float32 values it
+    # holds without a full float32 copy (the storage dtype is a separate part of the key)
+    for rows in row_blocks(embeddings.shape[0], block_rows(embeddings.shape[1], 4, 16 << 20)):
+        block = np.ascontiguousarray(embeddings[rows], dtype=np.float32)
+        digest.update(memoryview(block).cast("B"))
     return digest.hexdigest()
 
 
@@ -173,17 +193,20 @@ def load_engine(settings: Settings, opened: OpenedStore | None = None) -> Engine
 
     opened = opened or open_store(settings)
     store, snapshot, changes = opened.store, opened.snapshot, opened.changes
+    storage = np.dtype(settings.storage_dtype)
     if snapshot is not None:  # stored as served: used bit for bit, never re-normalised
         ids, metadata, gallery = snapshot.ids, snapshot.metadata, snapshot.embeddings
         if gallery.shape[1] != banks.dim and len(ids):
             raise DataError(f"{store.path}: snapshot of dimension {gallery.shape[1]}")
-        gallery = gallery.reshape(len(ids), banks.dim)
+        # float32 rows of a float16 gallery: exact, so this cast restores the served values
+        gallery = gallery.reshape(len(ids), banks.dim).astype(storage, copy=False)
         log.info("loaded gallery snapshot", extra={"seq": snapshot.seq, "size": len(ids)})
     else:
         raw = load_embeddings(gallery_path)
         ids = tuple(load_ids(ids_path, raw.shape[0]))
         metadata = load_metadata(settings.gallery_metadata, ids)
-        gallery = _checked(raw, gallery_path, dim=banks.dim)
+        gallery = _normalised(raw, gallery_path, banks.dim, storage)
+        del raw
     loaded = time.perf_counter()
 
     norm = settings.norm_params()
@@ -193,6 +216,7 @@ def load_engine(settings: Settings, opened: OpenedStore | None = None) -> Engine
         "norm": asdict(norm),
         "invgc": asdict(invgc) if invgc else None,
         "hub_topk": screening.k,
+        "storage_dtype": settings.storage_dtype,
     }
     banks_digest = file_digest(bq_path, bg_path)
     if live is not None:  # the served rows are inputs of the precompute too

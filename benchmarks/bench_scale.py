@@ -1,0 +1,116 @@
+"""1M × 384 on one machine (issue 16): float16 storage, memory, cached restart, and exact, FAISS
+IVF and FAISS HNSW search at 1M.
+
+Not part of the default full run (``python -m benchmarks.run --only scale``; the HNSW build
+alone takes about 20 min on two shared cores). The gallery is bench_ann's "1M from real
+vectors" (each item a random real vector plus Gaussian jitter, re-normalised), stored in
+float16; banks 2 × 2,000 real vectors (as bench_ann at 1M), 200 real queries. Parts
+(``HUBLESS_BENCH_SCALE_PARTS``, default all, space separated):
+
+- ``service``: a child process loads the engine from files with ``HUBLESS_STORAGE_DTYPE=
+  float16`` (cold: precompute and cache), then again (cached restart); its resident memory
+  against the float16 data plus the banks, and the restart time.
+- ``exact``: exact search latency at batch 1 and 64.
+- ``ivf``, ``hnsw``: recall@10 of every method against exact, build time, batch-64 latency
+  (bench_ann's ``compare``).
+
+``HUBLESS_BENCH_SCALE_N`` changes the size (default 1,000,000).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import replace
+
+import numpy as np
+
+from benchmarks.bench_ann import K, NORM, compare, jittered, real_data, top_rows
+from benchmarks.common import Row, best_time
+from service.algorithms import Banks, GalleryView, prepare_items
+from service.backends import ExactBackend
+from service.backends.faiss import FaissBackend, HnswSettings, IvfSettings
+
+SECTION = "scale"
+IN_DEFAULT_RUN = False  # --only scale (or --quick)
+PARTS = ("service", "exact", "ivf", "hnsw")
+QUERIES = 200
+
+
+def size(quick: bool) -> int:
+    return 5_000 if quick else int(os.environ.get("HUBLESS_BENCH_SCALE_N", 1_000_000))
+
+
+def parts() -> tuple[str, ...]:
+    chosen = tuple(os.environ.get("HUBLESS_BENCH_SCALE_PARTS", " ".join(PARTS)).split())
+    unknown = set(chosen) - set(PARTS)
+    if unknown:
+        raise ValueError(f"HUBLESS_BENCH_SCALE_PARTS: unknown {sorted(unknown)}; have {PARTS}")
+    return chosen
+
+
+def dataset(n: int) -> tuple[np.ndarray, Banks, np.ndarray]:
+    """(float16 gallery (n, d), banks 2 × ≤ 2,000, ``QUERIES`` real queries)."""
+    gallery, banks, queries, _ = real_data()
+    pool = np.concatenate([gallery, banks.query_bank])
+    small = Banks(banks.query_bank[:2000], banks.gallery_bank[:2000])
+    return jittered(pool, n, seed=1).astype(np.float16), small, queries[:QUERIES]
+
+
+def exact_rows(view: GalleryView, queries: np.ndarray, label: str, quick: bool) -> list[Row]:
+    """Exact search latency (raw and dualis) at batch 1 and 64."""
+    exact = ExactBackend(view, tuple(map(str, range(view.size))))
+    timing = {"repeat": 2 if quick else 3, "min_seconds": 0.05 if quick else 1.0}
+    rows = []
+    for batch in (1, 64):
+        times = {
+            m: best_time(lambda m=m: top_rows(exact, queries[:batch], m), **timing)
+            for m in ("raw", "dualis")
+        }
+        rows.append(
+            Row(
+                SECTION,
+                f"exact dualis top-{K} latency, batch {batch}, {label}",
+                times["dualis"] * 1e3,
+                "ms",
+                detail=f"raw {times['raw'] * 1e3:.3g} ms; {batch / times['dualis']:,.0f} queries/s",
+            )
+        )
+    return rows
+
+
+def measure(quick: bool) -> list[Row]:
+    chosen = parts()
+    n = size(quick)
+    gallery, banks, queries = dataset(n)
+    label = f"{n:,} × {gallery.shape[1]} float16"
+    rows: list[Row] = []
+    if "service" in chosen:
+        from benchmarks.scale_service import service_rows
+
+        rows += service_rows(gallery, banks, label, SECTION)
+    if not {"exact", "ivf", "hnsw"} & set(chosen):
+        return rows
+    view = prepare_items(gallery, banks, NORM, None).original
+    del gallery  # the view holds the same float16 rows
+    if "exact" in chosen:
+        rows += exact_rows(view, queries, label, quick)
+    indexes = {
+        "IVF (4√n lists, nprobe=128)": lambda v, ids: FaissBackend(
+            v, ids, index="ivf", ivf=IvfSettings()
+        ),
+        "HNSW (m=32, efC=200, ef=128)": lambda v, ids: FaissBackend(
+            v, ids, index="hnsw", hnsw=HnswSettings()
+        ),
+    }
+    chosen_indexes = {k: v for k, v in indexes.items() if k.split()[0].lower() in chosen}
+    if chosen_indexes:
+        found = compare(label, view, queries, chosen_indexes, quick)
+        rows += [replace(row, section=SECTION) for row in found]
+    return rows
+
+
+if __name__ == "__main__":  # one part alone, e.g. the long HNSW build in the background
+    from benchmarks.common import table
+
+    print(table(measure("--quick" in sys.argv)), flush=True)
