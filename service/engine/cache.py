@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from service.algorithms import Banks, BankTopK, GalleryView, NormParams, PreparedItems
+from service.algorithms.blocks import block_rows, row_blocks
 from service.engine.persistence import TMP_PREFIX
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,10 @@ def load(
         cached = arrays["original_embeddings"]
         if cached.dtype != gallery.dtype:  # the key covers it; a renamed file does not
             raise ValueError(f"the entry stores {cached.dtype}, the gallery is {gallery.dtype}")
-        if not np.array_equal(cached, gallery):
+        if cached.shape != gallery.shape or not all(
+            np.array_equal(cached[rows], gallery[rows])  # in blocks: no n × d temporary
+            for rows in row_blocks(len(gallery), block_rows(gallery.shape[1], 1, 16 << 20))
+        ):
             raise ValueError("the entry holds another gallery")
         original = _view_from("original", arrays, sizes)
         adjusted = _view_from("adjusted", arrays, sizes) if "adjusted_stats" in arrays else None
