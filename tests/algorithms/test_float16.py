@@ -63,3 +63,19 @@ def test_float16_scan_outputs_are_float32():
     assert scan.neighbour_sum.dtype == np.float32
     assert scan.bank_top_sim.dtype == np.float32
     assert scan.log_mean_exp.dtype == np.float32
+
+
+def test_float16_degeneration_is_computed_in_float32_blocks(monkeypatch):
+    """Δdeg of a float16 gallery equals that of the same values in float32 (float32 products of
+    unit vectors: within d·eps32), over several column blocks (a float16 product would round
+    every similarity to 2⁻¹¹ and run without BLAS)."""
+    from service.algorithms import metrics
+
+    monkeypatch.setattr(metrics, "block_rows", lambda cols, itemsize: 7)  # many small blocks
+    gallery16 = make_problem(3, n=40, d=D, nq=2, ng=2, m=2).gallery.astype(np.float16)
+    want = metrics.degeneration(gallery16.astype(np.float64)).value
+    for sample in (None, 13):
+        got = metrics.degeneration(gallery16, sample=sample, seed=1)
+        ref = metrics.degeneration(gallery16.astype(np.float64), sample=sample, seed=1)
+        assert abs(got.value - ref.value) <= 2 * D * np.finfo(np.float32).eps
+    assert abs(metrics.degeneration(gallery16).value - want) <= 2 * D * np.finfo(np.float32).eps
