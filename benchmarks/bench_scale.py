@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.bench_ann import NORM, ROOT, K, compare, jittered, real_data, top_rows
-from benchmarks.common import Row, best_time
+from benchmarks.common import Row, best_time, table
 from service.algorithms import Banks, GalleryView, prepare_items
 from service.backends import ExactBackend
 from service.backends.faiss import FaissBackend, HnswSettings, IvfSettings
@@ -176,6 +176,12 @@ def exact_rows(view: GalleryView, queries: np.ndarray, label: str, quick: bool) 
     return rows
 
 
+def _progress(rows: list[Row]) -> list[Row]:
+    """Print each part's rows as it ends (a long run that fails later keeps them)."""
+    print(table(rows), file=sys.stderr, flush=True)
+    return rows
+
+
 def measure(quick: bool) -> list[Row]:
     chosen = parts()
     n = size(quick)
@@ -183,29 +189,25 @@ def measure(quick: bool) -> list[Row]:
     label = f"{n:,} × {gallery.shape[1]} float16"
     rows: list[Row] = []
     if "service" in chosen:
-        rows += service_rows(gallery, banks, queries, label)
+        rows += _progress(service_rows(gallery, banks, queries, label))
     if not {"exact", "ivf", "hnsw"} & set(chosen):
         return rows
     view = prepare_items(gallery, banks, NORM, None).original
     del gallery  # the view holds the same float16 rows
     if "exact" in chosen:
-        rows += exact_rows(view, queries, label, quick)
+        rows += _progress(exact_rows(view, queries, label, quick))
     indexes = {
-        "IVF (4√n lists, nprobe=128)": lambda v, ids: FaissBackend(
-            v, ids, index="ivf", ivf=IvfSettings()
-        ),
-        "HNSW (m=32, efC=200, ef=128)": lambda v, ids: FaissBackend(
-            v, ids, index="hnsw", hnsw=HnswSettings()
-        ),
+        "ivf": ("IVF (4√n lists, nprobe=128)", {"index": "ivf", "ivf": IvfSettings()}),
+        "hnsw": ("HNSW (m=32, efC=200, ef=128)", {"index": "hnsw", "hnsw": HnswSettings()}),
     }
-    chosen_indexes = {k: v for k, v in indexes.items() if k.split()[0].lower() in chosen}
-    if chosen_indexes:
-        found = compare(label, view, queries, chosen_indexes, quick)
-        rows += [replace(row, section=SECTION) for row in found]
+    for part in ("ivf", "hnsw"):  # one at a time: the IVF rows survive a failed HNSW build
+        if part in chosen:
+            name, options = indexes[part]
+            make = {name: lambda v, ids, o=options: FaissBackend(v, ids, **o)}
+            found = compare(label, view, queries, make, quick)
+            rows += _progress([replace(row, section=SECTION) for row in found])
     return rows
 
 
 if __name__ == "__main__":  # one part alone, e.g. the long HNSW build in the background
-    from benchmarks.common import table
-
     print(table(measure("--quick" in sys.argv)), flush=True)

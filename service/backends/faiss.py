@@ -10,11 +10,10 @@ needed. (A numpy product for the flat index's top-1 is faster alone, but numpy's
 and FAISS's OpenMP threads taking turns slow each other down: measured 50 ms for top-1 + search
 of one query at n = 100k against 35 ms with both in FAISS; docs/performance.md.)
 
-A float16 gallery (``HUBLESS_STORAGE_DTYPE=float16``) is indexed with float16 codes
-(FAISS's fp16 scalar quantizer: the flat, HNSW and IVF variants below), which hold its rows
-exactly, each stat column split in two float16 halves (``_Layout``): scores as accurate as
-float32 codes, and no float32 copy of the gallery in the index. Rows are widened to float32
-one bounded block at a time on the way in.
+A float16 gallery (``HUBLESS_STORAGE_DTYPE=float16``) is widened to float32 one bounded block
+at a time on its way into the index (``_Layout.gallery``); the index's own vectors are float32
+(FAISS's fp16 scalar quantizer would halve them, and stays exact with each stat column split
+in two float16 halves, but searched 4.5–8× and built HNSW 12× slower here: docs/performance.md).
 
 Three index kinds (setting ``HUBLESS_FAISS_INDEX``):
 
@@ -96,62 +95,41 @@ class IvfSettings:
 
 @dataclass(frozen=True)
 class _Layout:
-    """How the stat columns are stored: ``(stat − centre) · scale`` (exact for any values).
-
-    ``split`` (float16 codes, for a float16 gallery): each stored stat column ``s`` becomes two,
-    ``hi = fp16(s)`` and ``lo = s − hi`` (exact in float32), each searched with the same query
-    coefficient. float16 codes hold the float16 embeddings exactly and ``hi + fp16(lo)`` is
-    within ``|s|·2⁻²²`` of ``s``, so the scores keep float32 accuracy with half the memory of
-    float32 codes."""
+    """How the stat columns are stored: ``(stat − centre) · scale`` (exact for any values)."""
 
     centre: np.ndarray  # (len(STAT_COLUMNS),) float32
     scale: float
-    split: bool = False
 
     @classmethod
-    def identity(cls, split: bool = False) -> _Layout:
-        return cls(np.zeros(_STATS, np.float32), 1.0, split)
+    def identity(cls) -> _Layout:
+        return cls(np.zeros(_STATS, np.float32), 1.0)
 
     @classmethod
-    def spread(cls, view: GalleryView, stat_spread: float, split: bool = False) -> _Layout:
+    def spread(cls, view: GalleryView, stat_spread: float) -> _Layout:
         """Centred; the widest column's standard deviation becomes ``stat_spread / √d``."""
         if view.size == 0:
-            return cls.identity(split)
+            return cls.identity()
         widest = float(view.stats.std(axis=0).max())
         scale = stat_spread / np.sqrt(view.embeddings.shape[1]) / widest if widest > 0 else 1.0
-        return cls(view.stats.mean(axis=0).astype(np.float32), scale, split)
-
-    @property
-    def columns(self) -> int:
-        """Stat columns in the index (after the d embedding columns)."""
-        return _STATS * (2 if self.split else 1)
+        return cls(view.stats.mean(axis=0).astype(np.float32), scale)
 
     def gallery(self, view: GalleryView, rows: slice | np.ndarray) -> np.ndarray:
-        """(b, d + columns) float32 index rows of the view's ``rows`` (float16 rows widened
-        here, one bounded block at a time)."""
+        """(b, d+5) float32 index rows of the view's ``rows`` (float16 rows widened here)."""
         emb = view.embeddings[rows]
-        d = emb.shape[1]
-        out = np.empty((emb.shape[0], d + self.columns), np.float32)
-        out[:, :d] = emb
-        stats = out[:, d : d + _STATS]
+        out = np.empty((emb.shape[0], emb.shape[1] + _STATS), np.float32)
+        out[:, : emb.shape[1]] = emb
+        stats = out[:, emb.shape[1] :]
         stats[:] = view.stats[rows]
         if self.scale != 1.0 or self.centre.any():
             stats -= self.centre
             stats *= np.float32(self.scale)
-        if self.split:
-            hi = stats.astype(np.float16)
-            np.subtract(stats, hi, out=out[:, d + _STATS :])
-            stats[:] = hi
         return out
 
     def queries(self, queries: np.ndarray, plan: QueryPlan) -> tuple[np.ndarray, np.ndarray]:
-        """(m, d + columns) float32 index queries and the (m,) float64 score correction
-        ``c·centre``."""
+        """(m, d+5) float32 index queries and the (m,) float64 score correction ``c·centre``."""
         coords = np.ascontiguousarray(plan.query_coordinates(queries), dtype=np.float32)
         if self.scale != 1.0:
             coords[:, -_STATS:] /= np.float32(self.scale)
-        if self.split:
-            coords = np.hstack([coords, coords[:, -_STATS:]])
         return coords, plan.coefficients @ self.centre.astype(np.float64)
 
 
@@ -176,9 +154,7 @@ class FaissBackend(SearchBackend):
         self.kind = index
         self.hnsw = HnswSettings(**hnsw) if isinstance(hnsw, dict) else hnsw or HnswSettings()
         self.ivf = IvfSettings(**ivf) if isinstance(ivf, dict) else ivf or IvfSettings()
-        #: float16 gallery: float16 codes (``_Layout.split``), no float32 copy in the index
-        self.half = view.embeddings.dtype == np.float16
-        self.dim = view.embeddings.shape[1] + _Layout.identity(self.half).columns
+        self.dim = view.embeddings.shape[1] + _STATS
         #: index slot of each view row, and view row of each slot (-1: tombstone); None: identity
         self._slot_of_row: np.ndarray | None = None
         self._row_of_slot: np.ndarray | None = None
@@ -186,35 +162,23 @@ class FaissBackend(SearchBackend):
         self._bitmap: np.ndarray | None = None  # kept alive for the selector
         self.rebuilt = True  # False when the index was derived from ``previous`` (for tests/logs)
         derivable = (
-            isinstance(previous, FaissBackend)
-            and (previous.kind, previous.dim) == (index, self.dim)
-            and index != "flat"
+            isinstance(previous, FaissBackend) and previous.kind == index and index != "flat"
         )
         if derivable and self._derive(previous):  # type: ignore[arg-type]
             return
         spread = {"hnsw": self.hnsw.stat_spread, "ivf": self.ivf.stat_spread}.get(index)
-        self._layout = (
-            _Layout.identity(self.half)
-            if spread is None
-            else _Layout.spread(view, spread, self.half)
-        )
+        self._layout = _Layout.identity() if spread is None else _Layout.spread(view, spread)
         self._index = self._new_index()
         self._add_rows(self._index, np.arange(view.size))
 
     # --- building -------------------------------------------------------------------------
 
     def _new_index(self) -> faiss.Index:
-        ip = faiss.METRIC_INNER_PRODUCT
         if self.kind == "flat" or (self.kind == "ivf" and self.view.size == 0):
-            if self.half:
-                return faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16, ip)
             return faiss.IndexFlatIP(self.dim)
         if self.kind == "ivf":
             return self._trained_ivf()
-        if self.half:
-            index = faiss.IndexHNSWSQ(self.dim, faiss.ScalarQuantizer.QT_fp16, self.hnsw.m, ip)
-        else:
-            index = faiss.IndexHNSWFlat(self.dim, self.hnsw.m, ip)
+        index = faiss.IndexHNSWFlat(self.dim, self.hnsw.m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = self.hnsw.ef_construction
         index.hnsw.efSearch = self.hnsw.ef_search
         return index
@@ -223,17 +187,7 @@ class FaissBackend(SearchBackend):
         """An IVF index whose k-means lists are trained on a sample of the view's rows."""
         n, nlist = self.view.size, self.ivf.lists(self.view.size)
         quantizer = faiss.IndexFlatIP(self.dim)
-        if self.half:  # float16 codes of the rows themselves (residuals would round)
-            index = faiss.IndexIVFScalarQuantizer(
-                quantizer,
-                self.dim,
-                nlist,
-                faiss.ScalarQuantizer.QT_fp16,
-                faiss.METRIC_INNER_PRODUCT,
-            )
-            index.by_residual = False
-        else:
-            index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         index.own_fields = True
         quantizer.this.disown()  # the index frees its quantizer
         sample = min(n, self.ivf.train_per_list * nlist)
