@@ -31,7 +31,7 @@ from service.engine.state import GalleryState
 from tests.api import running
 from tests.engine import write_demo_slices
 from tests.engine.test_change_sequences import _apply
-from tests.engine.test_group_commit import _on
+from tests.engine.test_group_commit import _grouped, _Log, _on
 from tests.engine.test_updates import DIM, NORM, _assert_same, _banks, _unit
 
 EPS16 = 2.0**-11  # unit roundoff of float16 (round to nearest)
@@ -174,3 +174,27 @@ def test_the_gallery_file_is_normalised_into_float16_block_by_block(tmp_path: Pa
     raw[17_001] = np.nan
     with pytest.raises(DataError, match="row 17001 contains NaN"):
         _normalised(raw, path, 512, np.dtype(np.float16))
+
+
+def test_a_group_commit_of_float32_upserts_stores_float16() -> None:
+    """Concurrent upserts merged into one group are rounded as one batch: the same rows and
+    stats as a fresh float16 start (the group's merged batch is float32 until it is prepared)."""
+    invgc = InvGCParams(pool_rate=0.1)
+    gallery = {f"g{i}": row for i, row in enumerate(_unit(np.random.default_rng(8), 30))}
+    engine = _engine(
+        list(gallery), np.array(list(gallery.values())).astype(np.float16), invgc, "exact"
+    )
+    engine._store = _Log()  # type: ignore[assignment]
+    rows = _unit(np.random.default_rng(9), 4)
+    ids = ["n0", "n1", "g4", "n2"]  # three new ids and a replacement
+    calls = [
+        lambda i=i: engine.upsert([ids[i]], rows[i : i + 1], [{"id": ids[i]}]) for i in range(4)
+    ]
+    assert not any(isinstance(o, Exception) for o in _grouped(engine, calls))
+    del gallery["g4"]
+    gallery |= dict(zip(ids, rows, strict=True))
+    fresh = _engine(
+        list(gallery), np.array(list(gallery.values())).astype(np.float16), invgc, "exact"
+    )
+    assert _dtypes(engine.state) == {np.dtype(np.float16)}
+    _assert_same(engine, fresh, atol=TOL32)
