@@ -1,9 +1,9 @@
 """The FAISS backend on a float16 gallery (``HUBLESS_STORAGE_DTYPE=float16``): rows widened to
-float32 block by block on their way into the index, so flat is exact for the stored values and
-the approximate indexes report exact scores, before and after changes.
-
-Same tolerance as tests/backends/test_faiss.py (1e-5, float32 similarities): the float32 index
-rows hold the float16 values exactly.
+float32 block by block on their way into the index. tests/backends/test_faiss.py's checks, run
+on the demo gallery rounded to float16 (both views stored float16): flat gives the exact ids and
+scores for every method, HNSW and IVF reach recall@10 ≥ 0.95 with exact scores, and an HNSW
+index derived through upserts (float32 rows, rounded by the engine) and deletes serves like a
+fresh build. The tolerance stays 1e-5: the float32 index rows hold the float16 values exactly.
 """
 
 from __future__ import annotations
@@ -11,19 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.algorithms import METHODS, InvGCParams, prepare_items
-from service.backends import ExactBackend, backend_factory
-from service.backends.faiss import FaissBackend, HnswSettings, IvfSettings
-from service.engine.engine import Engine
+from service.algorithms import InvGCParams, prepare_items
 
-from .test_faiss import (
-    NORM,
-    K,
-    assert_exact_scores,
-    assert_same_results,
-    method_search,
-    recall,
-)
+from . import test_faiss
+from .test_faiss import NORM
 from .test_faiss import demo as demo  # the module's real data fixture
 
 
@@ -39,50 +30,13 @@ def half(demo: dict) -> dict:
 
 @pytest.mark.parametrize("invgc", [False, True], ids=["original", "invgc"])
 def test_float16_flat_returns_the_exact_ids_and_scores_for_every_method(half, invgc):
-    view, ids = half["views"][invgc], half["ids"]
-    exact, flat = ExactBackend(view, ids), FaissBackend(view, ids, index="flat")
-    for method in METHODS:
-        want = method_search(exact, half["queries"], method, K + 1)
-        assert_same_results(method_search(flat, half["queries"], method, K + 1), want)
+    test_faiss.test_flat_returns_the_exact_ids_and_scores_for_every_method(half, invgc)
 
 
 @pytest.mark.parametrize("index", ["hnsw", "ivf"])
 def test_float16_ann_recall_and_exact_scores(half, index):
-    view, ids = half["views"][True], half["ids"]
-    exact = ExactBackend(view, ids)
-    ann = FaissBackend(view, ids, index=index, hnsw=HnswSettings(), ivf=IvfSettings())
-    for method in METHODS:
-        want_rows, _ = method_search(exact, half["queries"], method)
-        rows, scores = method_search(ann, half["queries"], method)
-        assert recall(rows, want_rows) >= 0.95, method
-        assert_exact_scores(ann, half["queries"], method, rows, scores)
+    test_faiss.test_ann_recall_at_10_is_at_least_095_for_every_method(half, index, True)
 
 
-def test_float16_changes_derive_the_index_and_stay_exact(half):
-    """Upserts (float32 rows, rounded by the engine) and deletes derive each HNSW index from
-    the previous one; flat rebuilds stay exact."""
-    for index in ("hnsw", "flat"):
-        factory = backend_factory("faiss", index=index, hnsw={"m": 16, "ef_construction": 64})
-        rows = np.arange(2000)
-        prepared = prepare_items(half["gallery"][rows], half["banks"], NORM, InvGCParams())
-        ids = tuple(half["ids"][i] for i in rows)
-        engine = Engine.from_prepared(
-            ids, (None,) * len(ids), prepared, half["banks"], NORM, InvGCParams(), factory
-        )
-        new = range(2000, len(half["ids"]))
-        vectors = half["gallery"][list(new)].astype(np.float32)
-        engine.upsert([half["ids"][i] for i in new], vectors, [None] * len(new))
-        engine.delete([half["ids"][i] for i in range(500, 560)])
-        for invgc in (False, True):
-            backend, view = engine.state.backend(invgc), engine.state.view(invgc)
-            assert view.embeddings.dtype == np.float16
-            assert backend.rebuilt == (index == "flat")
-            exact = ExactBackend(view, engine.state.ids)
-            for method in METHODS:
-                want = method_search(exact, half["queries"], method)
-                got = method_search(backend, half["queries"], method)
-                if index == "flat":
-                    assert_same_results(got, want)
-                else:
-                    assert recall(got[0], want[0]) >= 0.95, (invgc, method)
-                    assert_exact_scores(backend, half["queries"], method, *got)
+def test_float16_incremental_hnsw_serves_like_a_fresh_build(half):
+    test_faiss.test_incremental_hnsw_serves_like_a_fresh_build(half)
