@@ -64,7 +64,7 @@ def dataset(n: int) -> tuple[np.ndarray, Banks, np.ndarray]:
 
 #: A child process: load the engine the environment describes, search once, report.
 _CHILD = """
-import json, sys, time
+import json, resource, sys, time
 import numpy as np
 started = time.perf_counter()
 from service.engine.startup import load_engine
@@ -73,11 +73,13 @@ imported = time.perf_counter()
 engine = load_engine(Settings())
 loaded = time.perf_counter()
 engine.search(np.load(sys.argv[1]), k=10, method="dbsn", invgc=False)
+usage = resource.getrusage(resource.RUSAGE_SELF)
 status = dict(line.split(":", 1) for line in open("/proc/self/status"))
 kib = lambda name: int(status[name].split()[0]) * 1024
 print(json.dumps({
     "import_s": imported - started, "load_s": loaded - imported, "rss": kib("VmRSS"),
     "peak": kib("VmHWM"), "dtype": str(engine.state.original.embeddings.dtype),
+    "cpu_s": usage.ru_utime + usage.ru_stime,
 }))
 """
 
@@ -147,8 +149,10 @@ def service_rows(gallery: np.ndarray, banks: Banks, queries: np.ndarray, label: 
             "s",
             30.0,
             detail=(
-                f"imports {warm['import_s']:.1f} s + load {warm['load_s']:.1f} s (cold start: "
-                f"precompute and cache write {cold['load_s']:.1f} s)"
+                f"imports {warm['import_s']:.1f} s + load {warm['load_s']:.1f} s; the process's "
+                f"CPU time {warm['cpu_s']:.1f} s (with a batch-64 search); load average "
+                f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (cold start: precompute and "
+                f"cache write {cold['load_s']:.1f} s, CPU {cold['cpu_s']:.1f} s)"
             ),
         ),
     ]

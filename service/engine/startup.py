@@ -40,17 +40,17 @@ def _checked(array: np.ndarray, path: Path, dim: int | None = None) -> np.ndarra
 
 
 def _normalised(raw: np.ndarray, path: Path, dim: int, storage: np.dtype) -> np.ndarray:
-    """The file's rows checked and normalised, held as ``storage``; a float16 gallery is
-    normalised block by block into its float16 array (no second full float32 copy)."""
-    if storage == raw.dtype:
+    """The file's rows (any float dtype) checked, normalised in float32 and held as
+    ``storage``, block by block: a large gallery needs no full float32 copy."""
+    if raw.dtype == storage == np.float32:
         return _checked(raw, path, dim=dim)
-    _checked(raw[:1], path, dim=dim)  # an empty file, the dimension: before any work
+    _checked(raw[:1].astype(np.float32), path, dim=dim)  # an empty file, the dimension
     out = np.empty(raw.shape, storage)
     for rows in row_blocks(raw.shape[0], block_rows(raw.shape[1], 4, 16 << 20)):
         try:
-            out[rows] = check_embeddings(raw[rows], field=str(path))
+            out[rows] = check_embeddings(raw[rows].astype(np.float32), field=str(path))
         except InputError:  # say it with the file's row numbers (the block's are relative)
-            _checked(raw, path, dim=dim)
+            _checked(raw.astype(np.float32), path, dim=dim)
             raise
     return out
 
@@ -124,12 +124,11 @@ def content_digest(embeddings: np.ndarray, banks_digest: str) -> str:
     banks. Keyed by content, a restart after ``POST /admin/snapshot`` finds the entry the
     snapshot wrote, and a gallery file that was rewritten with the same rows still hits."""
     digest = hashlib.sha256(banks_digest.encode())
-    digest.update(str(embeddings.shape).encode())
-    # the float32 bytes, block by block: a float16 gallery hashes as the float32 values it
-    # holds without a full float32 copy (the storage dtype is a separate part of the key)
-    for rows in row_blocks(embeddings.shape[0], block_rows(embeddings.shape[1], 4, 16 << 20)):
-        block = np.ascontiguousarray(embeddings[rows], dtype=np.float32)
-        digest.update(memoryview(block).cast("B"))
+    array = np.ascontiguousarray(embeddings)
+    digest.update(str(array.shape).encode())
+    # the bytes as stored, no copy: a float16 gallery hashes half the bytes (the storage dtype
+    # is a separate part of the key)
+    digest.update(array.reshape(-1).view(np.uint8))
     return digest.hexdigest()
 
 
@@ -202,7 +201,7 @@ def load_engine(settings: Settings, opened: OpenedStore | None = None) -> Engine
         gallery = gallery.reshape(len(ids), banks.dim).astype(storage, copy=False)
         log.info("loaded gallery snapshot", extra={"seq": snapshot.seq, "size": len(ids)})
     else:
-        raw = load_embeddings(gallery_path)
+        raw = load_embeddings(gallery_path, dtype=None)
         ids = tuple(load_ids(ids_path, raw.shape[0]))
         metadata = load_metadata(settings.gallery_metadata, ids)
         gallery = _normalised(raw, gallery_path, banks.dim, storage)

@@ -163,17 +163,23 @@ def test_restarts_keep_float16_from_the_cache_and_from_a_snapshot(
     np.testing.assert_array_equal(after.adjusted.embeddings, before.adjusted.embeddings)
 
 
-def test_the_gallery_file_is_normalised_into_float16_block_by_block(tmp_path: Path) -> None:
-    """The same rows as normalising the whole file then rounding, and a bad row is named by
-    its row number in the file (not in its block)."""
-    raw = np.random.default_rng(0).normal(size=(20_000, 512)).astype(np.float32)  # 3 blocks
-    path = tmp_path / "g.npy"
-    got = _normalised(raw, path, 512, np.dtype(np.float16))
-    want = check_embeddings(raw, field="g").astype(np.float16)
+@pytest.mark.parametrize(
+    ("stored", "storage"), [("float32", "float16"), ("float16", "float32"), ("float64", "float16")]
+)
+def test_the_gallery_file_is_normalised_block_by_block(
+    tmp_path: Path, stored: str, storage: str
+) -> None:
+    """The same rows as widening the whole file to float32, normalising it and rounding it
+    (the path before), and a bad row is named by its row number in the file, not its block."""
+    raw = np.random.default_rng(0).normal(size=(20_000, 512)).astype(stored)  # 3 blocks
+    path, dtype = tmp_path / "g.npy", np.dtype(storage)
+    got = _normalised(raw, path, 512, dtype)
+    want = check_embeddings(raw.astype(np.float32), field="g").astype(dtype)
+    assert got.dtype == dtype
     np.testing.assert_array_equal(got, want)
     raw[17_001] = np.nan
     with pytest.raises(DataError, match="row 17001 contains NaN"):
-        _normalised(raw, path, 512, np.dtype(np.float16))
+        _normalised(raw, path, 512, dtype)
 
 
 def test_a_group_commit_of_float32_upserts_stores_float16() -> None:
