@@ -48,7 +48,8 @@ def _normalised(raw: np.ndarray, path: Path, dim: int, storage: np.dtype) -> np.
     out = np.empty(raw.shape, storage)
     for rows in row_blocks(raw.shape[0], block_rows(raw.shape[1], 4, 16 << 20)):
         try:
-            out[rows] = check_embeddings(raw[rows].astype(np.float32), field=str(path))
+            block = raw[rows].astype(np.float32, copy=False)
+            out[rows] = check_embeddings(block, field=str(path))
         except InputError:  # say it with the file's row numbers (the block's are relative)
             _checked(raw.astype(np.float32), path, dim=dim)
             raise

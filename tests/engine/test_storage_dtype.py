@@ -115,11 +115,15 @@ def test_changes_keep_float16_and_equal_a_fresh_float16_start(
     _assert_same(engine, fresh, atol=TOL32)
 
 
-def test_a_gallery_item_returns_its_stored_float16_values(tmp_path: Path) -> None:
+def test_an_item_returns_its_stored_float16_values_and_diagnostics_run(
+    tmp_path: Path,
+) -> None:
     files = write_demo_slices(tmp_path / "in")
     settings = files.settings(tmp_path / "var", storage_dtype="float16", cache=False)
     with running(settings) as client:
         body = client.get(f"/gallery/{files.ids[4]}", params={"embedding": "true"}).json()
+        diagnostics = client.get("/diagnostics", params={"k": 5})  # Δdeg, ranks: float32 blocks
+    assert diagnostics.status_code == 200, diagnostics.text
     want = check_embeddings(files.embeddings[4:5], field="x").astype(np.float16)[0]
     assert body["embedding"] == want.tolist()  # exactly the float16 values, as JSON numbers
 
