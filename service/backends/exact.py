@@ -14,7 +14,7 @@ import threading
 import numpy as np
 
 from service.algorithms import GalleryView, QueryPlan, search, top1_raw
-from service.algorithms.scoring import search_block_rows
+from service.algorithms.scoring import search_block_rows, widened
 from service.backends.base import SearchBackend
 
 
@@ -41,6 +41,6 @@ class ExactBackend(SearchBackend):
         embeddings = self.view.embeddings
         if not 0 < self.view.size <= search_block_rows(self.view, queries.shape[0]):
             return top1_raw(queries, embeddings)
-        sims = queries @ embeddings.T
+        sims = queries @ widened(embeddings).T  # one block (checked above)
         self._pending.value = (queries, sims)  # holding ``queries`` keeps the identity check safe
         return sims.argmax(axis=1)
