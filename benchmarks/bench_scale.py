@@ -15,7 +15,8 @@ float16; banks 2 × 2,000 real vectors (as bench_ann at 1M), 200 real queries. P
 - ``ivf``, ``hnsw``: recall@10 of every method against exact, build time, batch-64 latency
   (bench_ann's ``compare``).
 
-``HUBLESS_BENCH_SCALE_N`` changes the size (default 1,000,000).
+``HUBLESS_BENCH_SCALE_N`` changes the size (default 1,000,000), ``HUBLESS_BENCH_SCALE_BANK``
+the rows taken from each bank (default 2,000; the precompute at 1M costs n × their sum).
 """
 
 from __future__ import annotations
@@ -56,10 +57,12 @@ def parts() -> tuple[str, ...]:
 
 
 def dataset(n: int) -> tuple[np.ndarray, Banks, np.ndarray]:
-    """(float16 gallery (n, d), banks 2 × ≤ 2,000, ``QUERIES`` real queries)."""
+    """(float16 gallery (n, d), banks 2 × ≤ ``HUBLESS_BENCH_SCALE_BANK`` (default 2,000),
+    ``QUERIES`` real queries)."""
     gallery, banks, queries, _ = real_data()
     pool = np.concatenate([gallery, banks.query_bank])
-    small = Banks(banks.query_bank[:2000], banks.gallery_bank[:2000])
+    rows = int(os.environ.get("HUBLESS_BENCH_SCALE_BANK", 2000))
+    small = Banks(banks.query_bank[:rows], banks.gallery_bank[:rows])
     return jittered(pool, n, seed=1).astype(np.float16), small, queries[:QUERIES]
 
 
