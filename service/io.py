@@ -13,8 +13,9 @@ class DataError(ValueError):
     """An input file is missing or malformed; the message names the file and the problem."""
 
 
-def load_embeddings(path: Path) -> np.ndarray:
-    """A 2-D float array from ``.npy`` or ``.npz`` (the single array it holds), as float32."""
+def load_embeddings(path: Path, dtype: type | None = np.float32) -> np.ndarray:
+    """A 2-D float array from ``.npy`` or ``.npz`` (the single array it holds), as ``dtype``
+    (None: as stored, e.g. a large float16 gallery without a float32 copy)."""
     if not path.exists():
         raise DataError(f"{path}: no such file")
     try:
@@ -34,7 +35,7 @@ def load_embeddings(path: Path) -> np.ndarray:
         raise DataError(f"{path}: cannot read embeddings ({exc})") from None
     if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
         raise DataError(f"{path}: expected a 2-D float array, got {array.ndim}-D {array.dtype}")
-    return np.ascontiguousarray(array, dtype=np.float32)
+    return np.ascontiguousarray(array, dtype=dtype)
 
 
 def load_ids(path: Path | None, n: int) -> list[str]:

@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from service.algorithms.blocks import block_rows, row_blocks
+from service.algorithms.blocks import block_rows, row_blocks, work_dtype
 from service.algorithms.params import check_params, param
 from service.algorithms.scan import scan_bank
 from service.algorithms.validation import InputError
@@ -109,7 +109,8 @@ def invgc_adjust(
     gallery_mean: np.ndarray | None = None,
     neighbour_sums: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """InvGC-adjusted copies of ``items`` (n×d, normalised), unit length, same dtype.
+    """InvGC-adjusted copies of ``items`` (n×d, normalised), unit length, same dtype (float16
+    items are pushed in float32 and the result rounded once, as the items were).
 
     gallery_mean: (d,) mean of the whole normalised gallery, for full adjacency on a batch
     (defaults to the mean of ``items``, i.e. items are the whole gallery). Ignored by LocalAdj.
@@ -127,7 +128,7 @@ def invgc_adjust(
             mean = gallery_mean
             if mean is None:
                 mean = items.sum(axis=0, dtype=np.float64) / max(1, items.shape[0])
-            full = FullPush.build(bank, rate, mean.astype(items.dtype))
+            full = FullPush.build(bank, rate, mean.astype(work_dtype(items.dtype)))
             pushes.append(lambda rows, full=full: full(items[rows]))
             continue
         k = params.neighbours(bank.shape[0])

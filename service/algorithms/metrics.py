@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from service.algorithms.blocks import block_rows, row_blocks
+from service.algorithms.blocks import block_rows, row_blocks, work_dtype
 
 
 def k_occurrence(topk_rows: np.ndarray, n: int) -> np.ndarray:
@@ -199,10 +199,21 @@ def degeneration(gallery: np.ndarray, *, sample: int | None = None, seed: int = 
     if sample is not None and sample < n:
         rows = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
     nearest = np.empty(rows.size, np.float64)
-    for sl in row_blocks(rows.size, block_rows(n, gallery.dtype.itemsize)):
-        sims = gallery[rows[sl]] @ gallery.T
-        sims[np.arange(sims.shape[0]), rows[sl]] = -np.inf  # never the item itself
-        nearest[sl] = sims.max(axis=1)
+    work = work_dtype(gallery.dtype)  # float16 storage: products in float32 blocks
+    if work == gallery.dtype:
+        columns = [slice(0, n)]
+    else:
+        columns = list(row_blocks(n, block_rows(gallery.shape[1], work.itemsize)))
+    for sl in row_blocks(rows.size, block_rows(min(n, columns[0].stop), work.itemsize)):
+        items = rows[sl]
+        block = gallery[items].astype(work, copy=False)
+        best = np.full(items.size, -np.inf)
+        for cols in columns:
+            sims = block @ gallery[cols].astype(work, copy=False).T
+            own = np.flatnonzero((items >= cols.start) & (items < cols.stop))
+            sims[own, items[own] - cols.start] = -np.inf  # never the item itself
+            best = np.maximum(best, sims.max(axis=1))
+        nearest[sl] = best
     return Degeneration(float(nearest.mean()), int(rows.size), n)
 
 

@@ -11,6 +11,11 @@ alone, but numpy's BLAS threads and FAISS's OpenMP threads taking turns slow eac
 measured 50 ms for top-1 + search of one query at n = 100k against 35 ms with both in FAISS;
 docs/performance.md.)
 
+A float16 gallery (``HUBLESS_STORAGE_DTYPE=float16``) is widened to float32 one bounded block
+at a time on its way into the index (``_Layout.gallery``); the index's own vectors are float32
+(FAISS's fp16 scalar quantizer would halve them, and stays exact with each stat column split
+in two float16 halves, but searched 4.5–8× and built HNSW 12× slower here: docs/performance.md).
+
 Three index kinds (setting ``HUBLESS_FAISS_INDEX``):
 
 - ``flat`` (``IndexFlatIP``): exact; rebuilt from the view on every change (one O(n·d) copy).
@@ -111,7 +116,7 @@ class _Layout:
         return cls(view.stats.mean(axis=0).astype(np.float32), scale)
 
     def gallery(self, view: GalleryView, rows: slice | np.ndarray) -> np.ndarray:
-        """(b, d+5) float32 index rows of the view's ``rows``."""
+        """(b, d+5) float32 index rows of the view's ``rows`` (float16 rows widened here)."""
         emb = view.embeddings[rows]
         out = np.empty((emb.shape[0], emb.shape[1] + _STATS), np.float32)
         out[:, : emb.shape[1]] = emb

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from service.algorithms import Banks, BankTopK, GalleryView, NormParams, PreparedItems
+from service.algorithms.blocks import block_rows, row_blocks
 from service.engine.persistence import TMP_PREFIX
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def _digest(arrays: dict[str, np.ndarray]) -> np.ndarray:
     for name in sorted(arrays):
         array = np.ascontiguousarray(arrays[name])
         h.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
-        h.update(array.tobytes())
+        h.update(array.reshape(-1).view(np.uint8))  # the bytes without a copy
     return np.frombuffer(h.digest(), dtype=np.uint8)
 
 
@@ -122,7 +123,13 @@ def load(
         stored = arrays.pop(DIGEST)
         if not np.array_equal(stored, _digest(arrays)):
             raise ValueError("the entry fails its digest")
-        if not np.array_equal(arrays["original_embeddings"], gallery):
+        cached = arrays["original_embeddings"]
+        if cached.dtype != gallery.dtype:  # the key covers it; a renamed file does not
+            raise ValueError(f"the entry stores {cached.dtype}, the gallery is {gallery.dtype}")
+        if cached.shape != gallery.shape or not all(
+            np.array_equal(cached[rows], gallery[rows])  # in blocks: no n × d temporary
+            for rows in row_blocks(len(gallery), block_rows(gallery.shape[1], 1, 16 << 20))
+        ):
             raise ValueError("the entry holds another gallery")
         original = _view_from("original", arrays, sizes)
         adjusted = _view_from("adjusted", arrays, sizes) if "adjusted_stats" in arrays else None

@@ -38,6 +38,7 @@ from service.algorithms import (
     adjusted_view,
     prepare_items,
 )
+from service.algorithms.blocks import work_dtype
 from service.algorithms.hubs import HubScreening, Suspects, suspected_hubs
 from service.algorithms.views import DEAD_SHARE
 from service.backends import BackendFactory
@@ -407,7 +408,8 @@ class Engine:
         """
         state = self._state  # one snapshot for the whole search
         if queries is None:
-            queries = state.original.embeddings[state.rows_of(list(query_ids or ()), "query_ids")]
+            stored = state.original.embeddings[state.rows_of(list(query_ids or ()), "query_ids")]
+            queries = stored.astype(work_dtype(stored.dtype), copy=False)  # float16 storage
         allowed = None if where is None else self._allowed(state, where, where_key)
         hits = state.backend(invgc).search(queries, method, self.norm, k + offset, allowed)
         rows, scores = hits.rows[:, offset:], hits.scores[:, offset:]
@@ -648,12 +650,15 @@ class Engine:
         if isinstance(change, Upsert):
             invgc = self.invgc if self._per_item_invgc else None
             width = original.query_top.k  # the batch's top-k as wide as the state it joins
-            batch = prepare_items(change.embeddings, self.banks, self.norm, invgc, hub_topk=width)
+            # rounded to the gallery's dtype first: the batch's stats are those of the rows
+            # stored, exactly as a fresh start on the same rows computes them
+            items = change.embeddings.astype(original.embeddings.dtype, copy=False)
+            batch = prepare_items(items, self.banks, self.norm, invgc, hub_topk=width)
             original = original.append(batch.original, self.banks)
             if batch.adjusted is not None and adjusted is not None:
                 adjusted = adjusted.append(batch.adjusted, self.banks)
             if gallery_sum is not None:
-                gallery_sum = gallery_sum + change.embeddings.sum(axis=0, dtype=np.float64)
+                gallery_sum = gallery_sum + items.sum(axis=0, dtype=np.float64)
             catalog = catalog.append(change.ids, change.metadata)
             inserted = len(change.ids) - len(replaced)
         if gallery_sum is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from service.algorithms import Banks, InputError, PreparedItems, check_embeddings, prepare_items
+from service.algorithms.blocks import block_rows, row_blocks
 from service.algorithms.scan import scan_progress
 from service.backends import backend_factory
 from service.engine import cache
@@ -36,6 +37,23 @@ def _checked(array: np.ndarray, path: Path, dim: int | None = None) -> np.ndarra
         return check_embeddings(array, field=str(path), dim=dim)
     except InputError as exc:
         raise DataError(str(exc)) from None
+
+
+def _normalised(raw: np.ndarray, path: Path, dim: int, storage: np.dtype) -> np.ndarray:
+    """The file's rows (any float dtype) checked, normalised in float32 and held as
+    ``storage``, block by block: a large gallery needs no full float32 copy."""
+    if raw.dtype == storage == np.float32:
+        return _checked(raw, path, dim=dim)
+    _checked(raw[:1].astype(np.float32), path, dim=dim)  # an empty file, the dimension
+    out = np.empty(raw.shape, storage)
+    for rows in row_blocks(raw.shape[0], block_rows(raw.shape[1], 4, 16 << 20)):
+        try:
+            block = raw[rows].astype(np.float32, copy=False)
+            out[rows] = check_embeddings(block, field=str(path))
+        except InputError:  # say it with the file's row numbers (the block's are relative)
+            _checked(raw.astype(np.float32), path, dim=dim)
+            raise
+    return out
 
 
 def _no_constant(name: str) -> None:
@@ -107,9 +125,11 @@ def content_digest(embeddings: np.ndarray, banks_digest: str) -> str:
     banks. Keyed by content, a restart after ``POST /admin/snapshot`` finds the entry the
     snapshot wrote, and a gallery file that was rewritten with the same rows still hits."""
     digest = hashlib.sha256(banks_digest.encode())
-    array = np.ascontiguousarray(embeddings, dtype=np.float32)
+    array = np.ascontiguousarray(embeddings)
     digest.update(str(array.shape).encode())
-    digest.update(memoryview(array).cast("B"))
+    # the bytes as stored, no copy: a float16 gallery hashes half the bytes (the storage dtype
+    # is a separate part of the key)
+    digest.update(array.reshape(-1).view(np.uint8))
     return digest.hexdigest()
 
 
@@ -174,17 +194,20 @@ def load_engine(settings: Settings, opened: OpenedStore | None = None) -> Engine
 
     opened = opened or open_store(settings)
     store, snapshot, changes = opened.store, opened.snapshot, opened.changes
+    storage = np.dtype(settings.storage_dtype)
     if snapshot is not None:  # stored as served: used bit for bit, never re-normalised
         ids, metadata, gallery = snapshot.ids, snapshot.metadata, snapshot.embeddings
         if gallery.shape[1] != banks.dim and len(ids):
             raise DataError(f"{store.path}: snapshot of dimension {gallery.shape[1]}")
-        gallery = gallery.reshape(len(ids), banks.dim)
+        # float32 rows of a float16 gallery: exact, so this cast restores the served values
+        gallery = gallery.reshape(len(ids), banks.dim).astype(storage, copy=False)
         log.info("loaded gallery snapshot", extra={"seq": snapshot.seq, "size": len(ids)})
     else:
-        raw = load_embeddings(gallery_path)
+        raw = load_embeddings(gallery_path, dtype=None)
         ids = tuple(load_ids(ids_path, raw.shape[0]))
         metadata = load_metadata(settings.gallery_metadata, ids)
-        gallery = _checked(raw, gallery_path, dim=banks.dim)
+        gallery = _normalised(raw, gallery_path, banks.dim, storage)
+        del raw
     loaded = time.perf_counter()
 
     norm = settings.norm_params()
@@ -194,6 +217,7 @@ def load_engine(settings: Settings, opened: OpenedStore | None = None) -> Engine
         "norm": asdict(norm),
         "invgc": asdict(invgc) if invgc else None,
         "hub_topk": screening.k,
+        "storage_dtype": settings.storage_dtype,
     }
     banks_digest = file_digest(bq_path, bg_path)
     if live is not None:  # the served rows are inputs of the precompute too
