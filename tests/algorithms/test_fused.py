@@ -31,8 +31,8 @@ from hypothesis import strategies as st
 from service.algorithms import fused
 from service.algorithms.scan import _column_start, _RowReductions, scan_bank
 from service.algorithms.sinkhorn import DbsnWeights, _ColumnLse, scaled_logsumexp
+from tests.support import reference as ref
 
-from . import reference as ref
 from .conftest import PROPERTY, seeds, unit_rows
 
 EPS = float(np.finfo(np.float32).eps)
