@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from realserver import running_server
 
 from service.api.models import ChangeResponse, GalleryPage, Readiness, SearchResponse
 from service.app import create_app
@@ -29,6 +28,7 @@ from service.client import (
     NotReadyError,
 )
 from service.settings import DEMO_DIR, Settings
+from tests.support.realserver import running_server
 
 DIM = 384
 API_KEY = "s3cret"

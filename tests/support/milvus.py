@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from service.settings import Settings
+from tests.support.realserver import stop
 
 
 def free_port() -> int:
@@ -52,12 +53,7 @@ def milvus_server(data_dir: Path, timeout: float = 60.0) -> Iterator[str]:
                 time.sleep(0.2)
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         log.close()
 
 

@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from realserver import running_server
 
 from service.settings import DEMO_DIR
+from tests.support.realserver import running_server
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
 CHROMIUM = shutil.which("chromium")

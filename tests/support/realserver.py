@@ -48,10 +48,15 @@ def running_server(command: Sequence[str], data_dir: Path, **settings: str) -> I
                 raise RuntimeError(log_path.read_text()[-2000:]) from None
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         log.close()
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Terminate ``process`` and wait for it (killed after 10 s)."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
