@@ -14,9 +14,9 @@ import pytest
 
 from service.algorithms import check_embeddings
 from service.engine import Engine
-from service.serving import load_engine
 from service.remote.engine import RemoteEngine
 from service.remote.store import INVGC, ORIGINAL, QUERY
+from service.serving import load_engine
 from tests.support.demo import DemoFiles, demo_queries
 from tests.support.engines import assert_equal_engines
 from tests.support.milvus import environment
