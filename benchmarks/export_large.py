@@ -3,15 +3,12 @@
 Writes a memory-mapped ``.npy`` gallery (default 2,000,000 × 384 float16, 1.5 GB) chunk by
 chunk — never the whole array in memory — with its ids file and two banks, then runs
 ``hubless export --out DIR`` (Parquet) in a subprocess under ``/usr/bin/time -v`` and reports
-the export's peak resident set and wall time. ``--milvus-rows N`` adds an export of an N-row
-gallery into milvus-lite. milvus-lite 3.x runs the embedded database inside the export process
-and keeps the collection in memory, so that run's peak includes the database and grows with N
-(an export to a Milvus server holds only its chunks); older milvus-lite versions run a child
-server process, which the polled peak of the whole process tree includes. Everything is
-written under ``--workdir`` and deleted afterwards unless ``--keep``.
+the export's peak resident set and wall time (loading Milvus is ``hubless load``, measured by
+``benchmarks/bench_bulk.py``). Everything is written under ``--workdir`` and deleted afterwards
+unless ``--keep``.
 
     .venv/bin/python -m benchmarks.export_large                      # the documented figures
-    .venv/bin/python -m benchmarks.export_large --rows 200000 --milvus-rows 50000
+    .venv/bin/python -m benchmarks.export_large --rows 200000 --chunk-rows 8192
 
 The rows are a mixture of clusters plus noise (unit norm): some structure, so the bank scans
 and top-k selections do realistic work; the memory figure does not depend on it.
@@ -133,7 +130,7 @@ class Measurement:
     command: str
     wall_seconds: float
     peak_rss_mb: float  # the export process (``/usr/bin/time -v``, else getrusage)
-    peak_tree_rss_mb: float  # export + child processes (milvus-lite's server), polled
+    peak_tree_rss_mb: float  # export + any child processes, polled
     gallery_mb: float
     output_mb: float
     summary: dict
@@ -217,7 +214,6 @@ def main(argv: Sequence[str] | None = None) -> list[Measurement]:
     parser.add_argument("--rows", type=int, default=2_000_000, help="gallery rows (Parquet run)")
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--bank-rows", type=int, default=5000, help="rows of each bank")
-    parser.add_argument("--milvus-rows", type=int, default=0, help="rows of the milvus-lite run")
     parser.add_argument("--chunk-rows", type=int, default=32768)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--workdir", type=Path, default=ROOT / "var" / "export_large")
@@ -234,13 +230,7 @@ def main(argv: Sequence[str] | None = None) -> list[Measurement]:
         out = args.workdir / "parquet" / "out"
         gallery = Path(env["HUBLESS_GALLERY"])
         results.append(run_export("parquet", env, ["--out", str(out), *common], gallery))
-        gallery.unlink()  # the big file goes before the next one is written
-        if args.milvus_rows:
-            env = prepare(args.workdir, "milvus", args.milvus_rows, args.dim, banks)
-            uri = str(args.workdir / "milvus" / "export.db")
-            milvus = ["--milvus-uri", uri, "--out", str(args.workdir / "milvus" / "out")]
-            gallery = Path(env["HUBLESS_GALLERY"])
-            results.append(run_export("milvus-lite + parquet", env, [*milvus, *common], gallery))
+        gallery.unlink()
     finally:
         if not args.keep:
             shutil.rmtree(args.workdir, ignore_errors=True)

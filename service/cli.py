@@ -3,7 +3,7 @@
 Each command lives next to the code it drives and registers itself here, so this module stays a
 thin dispatcher: ``serve`` (the HTTP service), ``repair`` (a damaged gallery store),
 ``build-dataset`` (real embeddings from WordNet), ``evaluate`` and ``tune`` (retrieval
-quality and hubness on a dataset), ``export`` (the bias-augmented gallery to Parquet or Milvus),
+quality and hubness on a dataset), ``export`` (the bias-augmented gallery to Parquet),
 ``load`` (the sharded bulk load into Milvus as the system of record).
 """
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 def load_engine(settings: Settings, opened: OpenedStore | None = None) -> Engine | RemoteEngine:
     """The engine the settings describe (``opened``: the local store, already opened)."""
-    if settings.backend == "milvus":
+    if settings.remote:
         from service.remote.startup import load_remote_engine
 
         return load_remote_engine(settings)

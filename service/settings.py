@@ -24,7 +24,10 @@ from service.algorithms.views import DEAD_SHARE
 from service.backends import BACKENDS
 
 Method = Literal[METHODS]  # type: ignore[valid-type]  # the names, stated once in normalisers
-Backend = Literal[BACKENDS]  # type: ignore[valid-type]  # stated once in service.backends
+#: the backend under which Milvus is the system of record (:mod:`service.remote`)
+REMOTE_BACKEND = "milvus"
+# the single-node names are stated once in service.backends
+Backend = Literal[(*BACKENDS, REMOTE_BACKEND)]  # type: ignore[valid-type]
 DEMO_DIR = Path(__file__).parent / "data" / "demo"
 
 
@@ -99,7 +102,9 @@ class Settings(BaseSettings):
 
     # --- serving ----------------------------------------------------------------------------
     backend: Backend = Field(
-        "exact", description="Search backend: 'exact' (numpy), 'faiss' or 'milvus'"
+        "exact",
+        description="Search backend: 'exact' (numpy), 'faiss' (both in memory) or 'milvus' "
+        "(Milvus is the system of record)",
     )
     faiss_index: Literal["flat", "hnsw", "ivf"] = Field(
         "flat", description="FAISS index: 'flat' (exact), 'hnsw' or 'ivf' (approximate)"
@@ -254,7 +259,7 @@ class Settings(BaseSettings):
                     f"HUBLESS_ENCODER={self.encoder} needs the optional package "
                     f"{missing_package(self.encoder)!r}: {INSTALL_HINT}"
                 )
-        if self.backend == "milvus":
+        if self.remote:
             self._check_milvus()
         return self
 
@@ -303,7 +308,8 @@ class Settings(BaseSettings):
         return InvGCParams(**{name: getattr(self, field) for name, field in named.items()})
 
     def backend_options(self) -> dict[str, Any]:
-        """Keyword options of the chosen backend (``service.backends.backend_factory``)."""
+        """Keyword options of the chosen single-node backend (``backend_factory``); the remote
+        engine reads the ``milvus_*`` settings itself (:mod:`service.remote.startup`)."""
         if self.backend == "faiss":
             hnsw = {
                 "m": self.faiss_hnsw_m,
@@ -312,21 +318,17 @@ class Settings(BaseSettings):
             }
             ivf = {"nlist": self.faiss_ivf_nlist, "nprobe": self.faiss_ivf_nprobe}
             return {"index": self.faiss_index, "hnsw": hnsw, "ivf": ivf}
-        if self.backend == "milvus":
-            token = self.milvus_token.get_secret_value() if self.milvus_token else None
-            return {
-                "uri": self.milvus_uri or str(self.data_dir / "milvus.db"),
-                "token": token,
-                "collection": self.milvus_collection,
-                "index": self.milvus_index,
-                "read_only": self.milvus_read_only,
-            }
         return {}
+
+    @property
+    def remote(self) -> bool:
+        """Milvus is the system of record (the remote engine serves, not the in-memory one)."""
+        return self.backend == REMOTE_BACKEND
 
     @property
     def read_only(self) -> bool:
         """A reader replica: gallery writes are refused (another replica owns them)."""
-        return self.backend == "milvus" and self.milvus_read_only
+        return self.remote and self.milvus_read_only
 
     def gallery_path(self) -> Path:
         return self.gallery or DEMO_DIR / "gallery.npy"

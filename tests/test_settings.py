@@ -13,25 +13,24 @@ from service.algorithms import METHODS, InputError, InvGCParams, NormParams
 from service.algorithms.params import PARAM
 from service.backends import BACKENDS, backend_factory
 from service.cli import build_parser
-from service.settings import Settings, unknown_variables
+from service.settings import REMOTE_BACKEND, Settings, unknown_variables
 
 
 def test_backend_options_follow_the_backend(tmp_path: Path) -> None:
     assert Settings().backend_options() == {}
     faiss = Settings(backend="faiss", faiss_index="hnsw", faiss_ef_search=64).backend_options()
     assert faiss["index"] == "hnsw" and faiss["hnsw"]["ef_search"] == 64
-    milvus = Settings(backend="milvus", data_dir=tmp_path, milvus_token="u:p").backend_options()
-    assert milvus["uri"] == str(tmp_path / "milvus.db") and milvus["token"] == "u:p"
-    assert Settings(backend="milvus", milvus_uri="http://m:19530").backend_options()["uri"] == (
-        "http://m:19530"
-    )
+    # the remote engine reads its milvus_* settings itself (service.remote.startup)
+    assert Settings(backend="milvus", data_dir=tmp_path).backend_options() == {}
 
 
-def test_every_backend_has_a_factory() -> None:
-    for name in ("exact", "faiss", "milvus"):
+def test_every_single_node_backend_has_a_factory() -> None:
+    for name in BACKENDS:
         assert callable(backend_factory(name, **Settings(backend=name).backend_options()))
-    with pytest.raises(ValueError, match="unknown backend"):
-        backend_factory("annoy")
+    assert Settings(backend=REMOTE_BACKEND).remote and not Settings(backend="faiss").remote
+    for name in ("annoy", REMOTE_BACKEND):  # milvus is served by service.remote, not a factory
+        with pytest.raises(ValueError, match="unknown backend"):
+            backend_factory(name)
 
 
 def test_only_a_milvus_reader_is_read_only() -> None:
@@ -93,7 +92,7 @@ def test_default_settings_give_the_default_parameters() -> None:
 
 def test_method_and_backend_names_come_from_their_registries() -> None:
     assert get_args(Settings.model_fields["default_method"].annotation) == METHODS
-    assert get_args(Settings.model_fields["backend"].annotation) == BACKENDS
+    assert get_args(Settings.model_fields["backend"].annotation) == (*BACKENDS, REMOTE_BACKEND)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,7 @@
-"""Search backends behind one interface, chosen by the ``backend`` setting."""
+"""The single-node search backends behind one interface, chosen by the ``backend`` setting.
+
+``HUBLESS_BACKEND=milvus`` is not one of them: Milvus is then the system of record, served by
+:mod:`service.remote` (chosen in :mod:`service.serving`)."""
 
 from __future__ import annotations
 
@@ -12,28 +15,22 @@ from service.backends.exact import ExactBackend
 #: (view, ids of its rows, backend of the previous state or None) -> backend
 BackendFactory = Callable[[GalleryView, tuple[str, ...], SearchBackend | None], SearchBackend]
 
-BACKENDS = ("exact", "faiss", "milvus")
+#: the backends :func:`backend_factory` builds (the engine holds the gallery in memory)
+BACKENDS = ("exact", "faiss")
 
 
 def backend_factory(name: str, **options: Any) -> BackendFactory:
     """The constructor of backend ``name`` (one of :data:`BACKENDS`), with its options bound.
 
-    FAISS and Milvus are imported only when chosen: the image of the exact backend needs neither.
+    FAISS is imported only when chosen: the image of the exact backend does not need it.
     """
-    backend: Callable[..., SearchBackend]
     if name == "exact":
         return ExactBackend
-    if name == "faiss":
-        from service.backends.faiss import FaissBackend
-
-        backend = FaissBackend
-    elif name == "milvus":
-        from service.backends.milvus import MilvusBackend
-
-        backend = MilvusBackend
-    else:
+    if name != "faiss":
         raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
-    return lambda view, ids, previous: backend(view, ids, previous, **options)
+    from service.backends.faiss import FaissBackend
+
+    return lambda view, ids, previous: FaissBackend(view, ids, previous, **options)
 
 
 __all__ = [

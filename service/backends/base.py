@@ -59,9 +59,6 @@ class SearchBackend(ABC):
     """Top-k search over one gallery view. Instances are immutable once built."""
 
     name: str
-    #: whether it serves views with dead rows (``GalleryView.live``); if not, the engine
-    #: removes rows at once (O(n·d)) instead of leaving tombstones
-    tombstones: bool = True
 
     def __init__(
         self,

@@ -63,7 +63,7 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     loader = load_engine
     try:  # before listening: a damaged store stops the process (the precompute comes later)
-        if settings.backend != "milvus":  # with milvus, Milvus is the store
+        if not settings.remote:  # with milvus, Milvus is the store
             loader = functools.partial(load_engine, opened=open_store(settings))
     except StoreDamaged as exc:
         print(f"hubless serve: {exc}", file=sys.stderr)

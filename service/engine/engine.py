@@ -170,11 +170,8 @@ class Engine:
         self._compacting = threading.Lock()  # held by the one compaction running
         self._dropping = threading.Lock()  # held by the one background drop of dead rows
         self.dead_share = dead_share
-        #: deletes leave tombstones unless a back end cannot serve them or full-adjacency InvGC
-        #: rebuilds every row anyway
-        self._tombstones = (invgc is None or invgc.adjacency == "local") and all(
-            b.tombstones for b in state.backends.values()
-        )
+        #: deletes leave tombstones unless full-adjacency InvGC rebuilds every row anyway
+        self._tombstones = invgc is None or invgc.adjacency == "local"
         self._masks: OrderedDict[tuple[int, int, str], np.ndarray] = OrderedDict()
         self._masks_lock = threading.Lock()
         #: the live query bank feeding this engine's query bank, if HUBLESS_LIVE_QUERY_BANK
@@ -621,7 +618,7 @@ class Engine:
     ) -> tuple[GalleryState, ChangeResult]:
         """The state after ``change``: O(batch) (appends, per-item stats and InvGC of the batch
         alone; the rows of deleted and replaced items left dead), or one O(n·d) copy when rows
-        go and tombstones are off (full-adjacency InvGC, Milvus).
+        go and tombstones are off (full-adjacency InvGC).
         ``with_backends=False``: a state without search back ends (inside a group commit)."""
         rows = state.rows
         replaced = [i for i in change.ids if i in rows]

@@ -2,7 +2,7 @@
 
 :mod:`~service.algorithms.augment` turns galleries and queries into coordinates (pure numpy);
 :mod:`~service.export.chunked` computes the augmented gallery of a huge memory-mapped gallery in
-parallel chunks; :mod:`~service.export.writers` writes it to Parquet and/or Milvus;
+parallel chunks; :mod:`~service.export.writers` writes it to Parquet;
 :mod:`~service.export.commands` is ``hubless export``.
 """
 

@@ -1,4 +1,4 @@
-"""``hubless export``: write the bias-augmented gallery to Parquet and/or a Milvus collection.
+"""``hubless export``: write the bias-augmented gallery to Parquet, for any inner-product engine.
 
 Reads the gallery and the banks the settings name (``HUBLESS_GALLERY`` …, ``--env-file``),
 computes ``[g, stat(g)]`` for every item in parallel chunks (bounded memory, see
@@ -6,10 +6,9 @@ computes ``[g, stat(g)]`` for every item in parallel chunks (bounded memory, see
 
 - ``--out DIR``: ``DIR/gallery.parquet``, ``DIR/gallery.json`` (the sidecar: columns, params,
   query recipes) and ``DIR/activation.json`` (the dynamic methods' activation sets);
-- ``--milvus-uri URI``: the collection ``--collection`` (default ``<prefix>_<view>``, the name
-  the Milvus backend uses, so a service started on it has nothing to write); without ``--out``
-  the sidecar and activation file go to ``./<collection>.json`` and
-  ``./<collection>.activation.json``.
+
+Loading the service's own Milvus collections (``HUBLESS_BACKEND=milvus``) is ``hubless load``
+(:mod:`service.remote.bulk_cli`), which writes the rows and the bank-side state the service reads.
 """
 
 from __future__ import annotations
@@ -28,31 +27,20 @@ def register(subparsers: Any) -> None:
     """Add the ``export`` sub-command to the CLI's subparsers."""
     parser = subparsers.add_parser(
         "export",
-        help="export the bias-augmented gallery [g, stat(g)] to Parquet and/or Milvus",
+        help="export the bias-augmented gallery [g, stat(g)] to Parquet (Milvus: hubless load)",
         description=(
             "Compute each gallery item's augmented coordinates [g, stat(g)] (every method is an "
             "inner product with [w*q, c(q)]) in parallel chunks from a memory-mapped .npy, and "
-            "write them to a Parquet file and/or a Milvus collection, with a JSON sidecar telling "
-            "how to build query vectors for each method. Settings (gallery, banks, parameters) "
-            "come from HUBLESS_* variables and --env-file, as for `hubless serve`."
+            "write them to a Parquet file, with a JSON sidecar telling how to build query "
+            "vectors for each method. Settings (gallery, banks, parameters) come from HUBLESS_* "
+            "variables and --env-file, as for `hubless serve`. To load the service's Milvus "
+            "collections (HUBLESS_BACKEND=milvus) use `hubless load` instead."
         ),
     )
-    target = parser.add_argument_group("outputs (at least one)")
-    target.add_argument("--out", type=Path, help="directory for gallery.parquet and the sidecar")
-    target.add_argument("--milvus-uri", help="Milvus URI: http://host:19530 or a milvus-lite .db")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="directory for gallery.parquet and the sidecar"
+    )
     parser.add_argument("--format", choices=["parquet"], default="parquet", help="file format")
-    parser.add_argument(
-        "--collection",
-        help="Milvus collection (default: <HUBLESS_MILVUS_COLLECTION or 'hubless'>_<view>)",
-    )
-    parser.add_argument(
-        "--milvus-token", help="Milvus token (default: HUBLESS_MILVUS_TOKEN, if set)"
-    )
-    parser.add_argument(
-        "--index",
-        choices=["flat", "hnsw", "ivf_flat"],
-        help="Milvus index of a new collection (default: HUBLESS_MILVUS_INDEX or flat)",
-    )
     parser.add_argument(
         "--invgc",
         action=argparse.BooleanOptionalAction,
@@ -90,13 +78,10 @@ def run_export(args: argparse.Namespace) -> int:
     from service.algorithms import STAT_COLUMNS, Banks, InputError
     from service.export.chunked import ExportJob, MappedGallery
     from service.export.pipeline import export_gallery
-    from service.export.writers import LineSource, MilvusSink, ParquetSink, Sink
+    from service.export.writers import LineSource, ParquetSink, Sink
     from service.io import DataError, load_embeddings
     from service.settings import Settings
 
-    if args.out is None and args.milvus_uri is None:
-        print("hubless export: give --out DIR and/or --milvus-uri URI", file=sys.stderr)
-        return 2
     if args.chunk_rows < 1 or args.workers < 1:
         print("hubless export: --chunk-rows and --workers must be >= 1", file=sys.stderr)
         return 2
@@ -122,21 +107,8 @@ def run_export(args: argparse.Namespace) -> int:
             raise InputError("gallery", f"expected dimension {banks.dim}, got {d}")
         ids = LineSource(settings.gallery_ids_path(), n)
         metadata = LineSource(args.metadata, n, "metadata") if args.metadata else None
-        if args.out is not None:
-            sinks.append(ParquetSink(args.out / "gallery.parquet", d + len(STAT_COLUMNS)))
-            sidecar, activation = args.out / "gallery.json", args.out / "activation.json"
-        if args.milvus_uri is not None:
-            # the service's Milvus settings, so export and service name the same collection
-            collection = args.collection or f"{settings.milvus_collection}_{job.view}"
-            secret = settings.milvus_token
-            token = args.milvus_token or (secret.get_secret_value() if secret else None)
-            index = args.index or settings.milvus_index
-            sinks.append(
-                MilvusSink(args.milvus_uri, token, collection, d + len(STAT_COLUMNS), index)
-            )
-            if args.out is None:
-                sidecar = Path(f"{collection}.json")
-                activation = Path(f"{collection}.activation.json")
+        sinks.append(ParquetSink(args.out / "gallery.parquet", d + len(STAT_COLUMNS)))
+        sidecar, activation = args.out / "gallery.json", args.out / "activation.json"
         payload = export_gallery(job, ids, metadata, sinks, sidecar, activation)
     except (DataError, InputError, OSError) as exc:
         for sink in sinks:

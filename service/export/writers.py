@@ -1,4 +1,4 @@
-"""Where the augmented gallery goes: a Parquet file and/or a Milvus collection, plus a sidecar.
+"""Where the augmented gallery goes: a Parquet file, plus a sidecar (Milvus: ``hubless load``).
 
 Sinks receive chunks in row order (``write(ids, coords, metadata)``) and are finished or aborted
 once. Ids and metadata are streamed from their text files next to the chunks, so neither is
@@ -11,7 +11,6 @@ renamed when complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -124,69 +123,6 @@ class ParquetSink:
         if self._writer.is_open:
             self._writer.close()
         self._tmp.unlink(missing_ok=True)
-
-
-class MilvusSink:
-    """Upserts into a collection of the service's schema (so a service started on it finds it in
-    sync), then deletes stored ids that the export did not write."""
-
-    def __init__(
-        self, uri: str, token: str | None, collection: str, vector_dim: int, index: str
-    ) -> None:
-        from service.backends.milvus import ensure_collection, milvus_client
-
-        self.client = milvus_client(uri, token)
-        self.collection = collection
-        self.uri = uri
-        ensure_collection(self.client, collection, vector_dim, index)  # type: ignore[arg-type]
-        self._written: list[np.ndarray] = []
-        self.rows = 0
-
-    def write(self, ids: list[str], coords: np.ndarray, metadata: list[str] | None) -> None:
-        from service.backends.milvus import upsert_rows
-
-        parsed = None
-        if metadata is not None:
-            parsed = [json.loads(m) if m else None for m in metadata]
-        upsert_rows(self.client, self.collection, ids, coords, parsed)
-        self._written.append(id_fingerprints(ids))
-        self.rows += len(ids)
-
-    def finish(self) -> dict[str, Any]:
-        """Delete stored ids this export did not write, reading the stored ids batch by batch
-        (a dict of every id of a huge collection would not fit the memory bound)."""
-        from service.backends.milvus import ID_FIELD, delete_ids, iter_stored
-
-        written = np.sort(np.concatenate([np.empty(0, np.int64), *self._written]))
-        leftovers: list[str] = []
-        for batch in iter_stored(self.client, self.collection, (ID_FIELD,)):
-            stored = [row[ID_FIELD] for row in batch]
-            unknown = ~np.isin(id_fingerprints(stored), written)
-            leftovers.extend(i for i, x in zip(stored, unknown, strict=True) if x)
-        # deleted after the pass: deleting while the iterator pages could skip rows
-        deleted = delete_ids(self.client, self.collection, leftovers)
-        return {
-            "milvus_uri": self.uri,
-            "collection": self.collection,
-            "rows": self.rows,
-            "deleted_leftovers": deleted,
-        }
-
-    def abort(self) -> None:
-        """Nothing to undo: rows written so far are valid rows of this export."""
-
-
-def id_fingerprints(ids: list[str]) -> np.ndarray:
-    """(n,) int64 hashes of ids: remembers which ids were written in 8 bytes each."""
-    return np.array(
-        [
-            int.from_bytes(
-                hashlib.blake2b(i.encode(), digest_size=8).digest(), "little", signed=True
-            )
-            for i in ids
-        ],
-        np.int64,
-    ).reshape(len(ids))
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> Path:

@@ -1,11 +1,11 @@
 """Metadata filters: the matcher against an obvious reference, and filtered searches equal to
 the unfiltered full ranking restricted to the matching items, for every method, InvGC off and
-on, on each backend (exact, FAISS flat, Milvus through milvus-lite)."""
+on, on each single-node backend (exact, FAISS flat); the Milvus engine's filters:
+tests/remote/test_filters.py."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,18 +134,12 @@ def test_booleans_are_not_numbers_and_missing_keys_do_not_match() -> None:
 BACKENDS = {
     "exact": {},
     "faiss": {"index": "flat"},
-    "milvus": {"index": "flat", "collection": "filters"},
 }
 
 
 @pytest.fixture(scope="module", params=list(BACKENDS))
-def engine(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Engine]:
+def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
     name = request.param
-    options = dict(BACKENDS[name])
-    if name == "milvus":
-        options["uri"] = str(Path(tmp_path_factory.mktemp("milvus")) / "filters.db")
     banks = Banks(_demo("query_bank.npy", N_BANK), _demo("gallery_bank.npy", N_BANK))
     norm, invgc = NormParams(nnn_topk=16), InvGCParams()
     gallery = _demo("gallery.npy", N_GALLERY)
@@ -158,7 +152,7 @@ def engine(
         banks,
         norm,
         invgc,
-        backend_factory(name, **options),
+        backend_factory(name, **BACKENDS[name]),
     )
 
 
@@ -172,18 +166,6 @@ def test_a_filtered_search_is_the_full_ranking_restricted_to_matches(
     engine: Engine, method: str, invgc: bool
 ) -> None:
     _check_filtered(engine, method, invgc, ("equality", "and/or/not", "nothing"))
-
-
-def test_milvus_ranks_a_filter_of_many_ids_in_memory(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Past MAX_FILTER_IDS ids the Milvus backend scans its view instead: the same ranking."""
-    from service.backends import milvus
-
-    if not isinstance(engine.state.backend(False), milvus.MilvusBackend):
-        pytest.skip("Milvus only")
-    monkeypatch.setattr(milvus, "MAX_FILTER_IDS", 2)
-    _check_filtered(engine, "dualdis", True, ("equality", "in"))
 
 
 def _check_filtered(engine: Engine, method: str, invgc: bool, names: tuple[str, ...]) -> None:

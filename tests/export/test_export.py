@@ -1,6 +1,6 @@
 """The export: query coordinates reproduce the service's scores, the chunked path equals the
-in-memory one, and ``hubless export`` writes Parquet, sidecar and a Milvus collection that the
-Milvus backend finds already in sync."""
+in-memory one, and ``hubless export`` writes Parquet and its sidecar (Milvus is ``hubless load``:
+tests/remote/test_bulk*.py)."""
 
 from __future__ import annotations
 
@@ -201,50 +201,13 @@ def test_export_command_writes_parquet_and_sidecar(env_file, files, banks, galle
 
 
 def test_export_command_rejects_missing_outputs_and_bad_files(env_file, tmp_path, capsys):
-    assert _run([], env_file) == 2
+    for argv in ([], ["--out", str(tmp_path / "x"), "--milvus-uri", "m.db"]):
+        with pytest.raises(SystemExit) as exited:  # --out is required; Milvus is hubless load
+            _run(argv, env_file)
+        assert exited.value.code == 2
+    capsys.readouterr()
     bad = tmp_path / "bad.env"
     bad.write_text(env_file.read_text() + f"HUBLESS_GALLERY_IDS={tmp_path / 'none.txt'}\n")
     assert _run(["--out", str(tmp_path / "x")], bad) == 2
     assert "none.txt" in capsys.readouterr().err
     assert not (tmp_path / "x" / "gallery.parquet").exists()
-
-
-def test_export_to_milvus_is_what_the_backend_would_write(
-    env_file, files, banks, gallery, tmp_path, monkeypatch: pytest.MonkeyPatch
-):
-    from service.backends import milvus as milvus_module
-    from service.backends.milvus import (
-        MilvusBackend,
-        ensure_collection,
-        milvus_client,
-        upsert_rows,
-    )
-
-    uri = str(tmp_path / "export.db")
-    # a row of an older export, not in this gallery: the export deletes it (regression: the
-    # leftover check held every stored id at once; it now pages through them, one page held)
-    ensure_collection(milvus_client(uri), "exp_original", banks.dim + len(STAT_COLUMNS))
-    upsert_rows(
-        milvus_client(uri), "exp_original", ["stale"], np.ones((1, banks.dim + len(STAT_COLUMNS)))
-    )
-    monkeypatch.setattr(milvus_module, "WRITE_BATCH", 64)  # several pages of stored ids
-    argv = [
-        "--milvus-uri",
-        uri,
-        "--collection",
-        "exp_original",
-        "--no-invgc",
-        "--out",
-        str(tmp_path),
-    ]
-    assert _run([*argv, "--chunk-rows", "256", "--workers", "1"], env_file) == 0
-    sidecar = json.loads((tmp_path / "gallery.json").read_text(encoding="utf-8"))
-    milvus_output = next(o for o in sidecar["outputs"] if "collection" in o)
-    assert (milvus_output["rows"], milvus_output["deleted_leftovers"]) == (N_GALLERY, 1)
-    ids = tuple(files["ids"].read_text(encoding="utf-8").splitlines())
-    view = prepare_items(gallery, banks, NORM, None).original
-    backend = MilvusBackend(view, ids, None, uri=uri, collection="exp", kind="original")
-    backend.commit()
-    assert backend.sync.mode == "reconcile"
-    # rows whose float32 bits differ (chunked vs whole-gallery BLAS) are compared, not rewritten
-    assert (backend.sync.upserted, backend.sync.deleted) == (0, 0)

@@ -1,1 +1,1 @@
-"""Tests of the Milvus backend and of a service on Milvus (milvus-lite)."""
+"""Tests that deploy/milvus and docs/milvus.md match the code (the engine itself: tests/remote)."""
