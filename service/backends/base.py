@@ -67,16 +67,10 @@ class SearchBackend(ABC):
         previous: SearchBackend | None = None,
     ) -> None:
         """Serve ``view`` whose rows have ``ids``. ``previous`` is the backend of the state this
-        one replaces (same view kind): a backend holding an external index can compute the
-        difference instead of a rebuild. It must not change what ``previous`` serves, and
-        writes nothing outside the process (see :meth:`commit`)."""
+        one replaces (same view kind): a backend can derive its index from it instead of a
+        rebuild. It must not change what ``previous`` serves."""
         self.view = view
         self.ids = ids
-
-    def commit(self) -> None:  # noqa: B027 (a no-op by default, not abstract)
-        """Apply what construction computed to an external index (Milvus). The engine calls it
-        after the change log accepted the change and before it serves this backend; a failure
-        leaves the state served before. In-process backends have nothing to apply."""
 
     def search(
         self,

@@ -194,7 +194,6 @@ class Engine:
     ) -> Engine:
         """``version``: of this gallery (a snapshot continues the numbering of its changes)."""
         state = _whole_state(version, Catalog.create(ids, metadata), prepared, invgc, backend)
-        state.commit()
         return cls(state, banks, norm, invgc, backend, screening, dead_share)
 
     @property
@@ -305,7 +304,6 @@ class Engine:
             state,
             state.gallery_sum,
         )
-        dense.commit()
         self._state = dense
         log.info(
             "dead rows dropped",
@@ -364,7 +362,6 @@ class Engine:
             next_state = _whole_state(
                 state.version, state.catalog, prepared, self.invgc, self._backend, state
             )
-            next_state.commit()
             if commit is not None:
                 commit()
             self.banks, self._state = banks, next_state
@@ -476,7 +473,6 @@ class Engine:
         if not record:
             with self._write_lock:
                 state, result = self._next_state(self._state, change)
-                state.commit()
                 self._state = state
             self._after_swap(state)
             return result
@@ -527,9 +523,7 @@ class Engine:
                 state.gallery_sum,
             )
             if self._store is not None:
-                self._store.append_many([p.change for p in accepted], before_commit=state.commit)
-            else:
-                state.commit()
+                self._store.append_many([p.change for p in accepted])
         except Exception as exc:  # back ends or the commit failed: the whole group with it
             for pending in accepted:
                 pending.result, pending.error = None, exc

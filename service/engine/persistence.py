@@ -39,7 +39,7 @@ import os
 import sqlite3
 import struct
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -444,16 +444,9 @@ class GalleryStore:
         store is unchanged and :class:`StorageError` says why (``full`` for disk full)."""
         self.append_many([change])
 
-    def append_many(
-        self, changes: Sequence[Change], before_commit: Callable[[], None] | None = None
-    ) -> None:
+    def append_many(self, changes: Sequence[Change]) -> None:
         """Commit ``changes`` (consecutive sequence numbers) in one transaction: a group commit
-        pays the fsyncs of one change for all of them. All or nothing, like :meth:`append`.
-
-        ``before_commit`` runs once the changes are written, before the transaction commits
-        (the engine commits its backends' external writes there): if it raises, the store
-        rolls back and is unchanged, so a change is never logged without having been applied.
-        """
+        pays the fsyncs of one change for all of them. All or nothing, like :meth:`append`."""
         if not changes:
             return
         with self._lock:
@@ -466,20 +459,11 @@ class GalleryStore:
                 self._head.snapshot_digest,
                 rows[-1][0],
             )
-            failed: list[BaseException] = []  # before_commit's own error is not the store's
             try:
                 with _transaction(conn):
                     for row in rows:
                         self._write(conn, row, head)
-                    if before_commit is not None:
-                        try:
-                            before_commit()
-                        except BaseException as exc:
-                            failed.append(exc)
-                            raise
             except (sqlite3.Error, OSError) as exc:
-                if failed:
-                    raise
                 raise _storage_error(exc, self.path) from exc
             self._head = head
             self._pending_bytes += sum(len(r[5]) + len(r[2]) + len(r[3]) for r in rows)

@@ -222,12 +222,6 @@ class GalleryState:
             backends[True] = backend(adjusted, ids, before.get(True))
         return cls(version, catalog, original, adjusted, MappingProxyType(backends), gallery_sum)
 
-    def commit(self) -> None:
-        """Apply what the backends computed to their external indexes (Milvus), once; the
-        engine calls it after the change log accepted the change, before serving the state."""
-        for backend in self.backends.values():
-            backend.commit()
-
     @property
     def ids(self) -> tuple[str, ...]:
         """The gallery's ids, in row order (dead rows left out: not row-indexed)."""

@@ -28,13 +28,9 @@ class _Log:
         self.transactions: list[list[object]] = []
         self.fail = fail
 
-    def append_many(
-        self, changes: list[object], before_commit: Callable[[], None] | None = None
-    ) -> None:
+    def append_many(self, changes: list[object]) -> None:
         if self.fail:
             raise OSError(28, "No space left on device")
-        if before_commit is not None:
-            before_commit()
         self.transactions.append(list(changes))
 
 

@@ -130,9 +130,7 @@ class _Log:
     def __init__(self) -> None:
         self.changes: list[object] = []
 
-    def append_many(self, changes: list[object], before_commit=None) -> None:
-        if before_commit is not None:
-            before_commit()
+    def append_many(self, changes: list[object]) -> None:
         self.changes.extend(changes)
 
 

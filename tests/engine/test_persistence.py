@@ -15,7 +15,7 @@ import pytest
 
 from service.algorithms import check_embeddings, prepare_items
 from service.engine import Engine
-from service.engine.changes import Delete, Upsert
+from service.engine.changes import Upsert
 from service.engine.persistence import DB_NAME, GalleryStore
 from service.engine.startup import load_engine
 from service.settings import Settings
@@ -207,7 +207,7 @@ def test_a_change_that_cannot_be_logged_is_not_applied(
     engine = load_engine(settings)
     before = engine.state
 
-    def full_disk(store: GalleryStore, changes: object, before_commit: object = None) -> None:
+    def full_disk(store: GalleryStore, changes: object) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(GalleryStore, "append_many", full_disk)
@@ -244,24 +244,3 @@ def test_dbsn_weights_come_from_the_cache_and_its_key_covers_tau_and_t(
     queries = _unit(demo_queries(3)[0])
     scores = [e.search(queries, k=3, method="dbsn", invgc=False).scores for e in (first, other)]
     assert not np.allclose(scores[0], scores[1])
-
-
-def test_a_failing_backend_commit_rolls_the_log_back(tmp_path: Path) -> None:
-    """``before_commit`` (the backends' external writes) runs inside the log's transaction: if
-    it fails, the store is as before, in memory and on disk."""
-    store = GalleryStore(tmp_path / "store")
-    store.recover()
-    change = Upsert(("a",), _unit(np.ones((1, 4), np.float32)), (None,))
-    store.append(change)
-
-    def unreachable() -> None:
-        raise ConnectionError("milvus went away")
-
-    with pytest.raises(ConnectionError):
-        store.append_many([Delete(("a",))], before_commit=unreachable)
-    assert store.seq == 1
-    store.close()
-    again = GalleryStore(tmp_path / "store")
-    _, changes = again.recover()
-    assert [type(c).__name__ for c in changes] == ["Upsert"]
-    again.close()

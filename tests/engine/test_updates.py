@@ -111,7 +111,7 @@ def test_a_snapshot_never_sees_later_or_failed_changes() -> None:
     queries = _unit(rng, 4)
     answer = engine.search(queries, k=5, method="dualdis", invgc=True)
 
-    def failing_append(changes: object, before_commit: object = None) -> None:
+    def failing_append(changes: object) -> None:
         raise OSError(28, "No space left on device")
 
     class Store:  # a change log that refuses the write: the change must not become visible
