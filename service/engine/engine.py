@@ -277,8 +277,13 @@ class Engine:
                 self._snapshot()
             except Exception:  # the log keeps every change; the next threshold retries
                 log.exception("automatic compaction failed")
+                return
             finally:
                 self._compacting.release()
+            # changes logged during the snapshot stay in the log, and their own triggers found
+            # this compaction running: if they crossed a threshold again, compact again
+            if self._store is not None and self._store.due_for_compaction:
+                self._compact_in_background()
 
         threading.Thread(target=run, name="compaction", daemon=True).start()
 
