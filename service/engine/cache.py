@@ -109,10 +109,15 @@ def save(
 
 
 def load(
-    directory: Path, key: str, banks: Banks, norm: NormParams, gallery: np.ndarray
+    directory: Path,
+    key: str,
+    banks: Banks,
+    norm: NormParams,
+    gallery: np.ndarray | None = None,
 ) -> PreparedItems | None:
     """The entry for ``key`` if it is intact and holds exactly ``gallery`` (None otherwise);
-    seeds ``banks`` with its DBSN weights."""
+    seeds ``banks`` with its DBSN weights. Without ``gallery`` (a key naming the input files)
+    the entry's rows are the gallery: only their width is checked."""
     sizes = banks.sizes
     path = directory / f"{key}.npz"
     if not path.exists():
@@ -124,9 +129,12 @@ def load(
         if not np.array_equal(stored, _digest(arrays)):
             raise ValueError("the entry fails its digest")
         cached = arrays["original_embeddings"]
-        if cached.dtype != gallery.dtype:  # the key covers it; a renamed file does not
+        if gallery is None:
+            if cached.ndim != 2 or cached.shape[1] != banks.dim:
+                raise ValueError(f"the entry holds rows of shape {cached.shape[1:]}")
+        elif cached.dtype != gallery.dtype:  # the key covers it; a renamed file does not
             raise ValueError(f"the entry stores {cached.dtype}, the gallery is {gallery.dtype}")
-        if cached.shape != gallery.shape or not all(
+        elif cached.shape != gallery.shape or not all(
             np.array_equal(cached[rows], gallery[rows])  # in blocks: no n × d temporary
             for rows in row_blocks(len(gallery), block_rows(gallery.shape[1], 1, 16 << 20))
         ):

@@ -120,11 +120,10 @@ class ProgressLog:
             )
 
 
-def content_digest(embeddings: np.ndarray, banks_digest: str) -> str:
-    """What a precompute depends on: the gallery rows as loaded (file or snapshot) and the
-    banks. Keyed by content, a restart after ``POST /admin/snapshot`` finds the entry the
-    snapshot wrote, and a gallery file that was rewritten with the same rows still hits."""
-    digest = hashlib.sha256(banks_digest.encode())
+def content_digest(embeddings: np.ndarray) -> str:
+    """The gallery rows of a snapshot, for the precompute cache's key (with the banks'
+    digest): a restart after ``POST /admin/snapshot`` finds the entry the snapshot wrote."""
+    digest = hashlib.sha256()
     array = np.ascontiguousarray(embeddings)
     digest.update(str(array.shape).encode())
     # the bytes as stored, no copy: a float16 gallery hashes half the bytes (the storage dtype
@@ -136,28 +135,35 @@ def content_digest(embeddings: np.ndarray, banks_digest: str) -> str:
 @dataclass(frozen=True)
 class OpenedStore:
     """A verified store and what it holds (``hubless serve`` opens it before listening, so a
-    damaged store stops the process with one clear line)."""
+    damaged store stops the process with one clear line). ``files_digest``: the gallery files'
+    digest, which names the store and keys the precompute cache of a start from those files."""
 
     store: GalleryStore
     snapshot: Snapshot | None
     changes: list[Change]
+    files_digest: str
 
 
-def store_directory(settings: Settings) -> Path:
+def _files_digest(settings: Settings) -> str:
+    return file_digest(settings.gallery_path(), settings.gallery_ids_path())
+
+
+def store_directory(settings: Settings, files_digest: str | None = None) -> Path:
     """Where the store of the configured gallery lives (keyed by the gallery files' digest)."""
-    digest = file_digest(settings.gallery_path(), settings.gallery_ids_path())
+    digest = files_digest or _files_digest(settings)
     return settings.data_dir / "galleries" / digest[:32]
 
 
 def open_store(settings: Settings) -> OpenedStore:
     """Open, migrate or create the gallery's store and verify it; raises StoreDamaged."""
+    digest = _files_digest(settings)
     store = GalleryStore(
-        store_directory(settings),
+        store_directory(settings, digest),
         compact_changes=settings.compact_changes,
         compact_bytes=settings.compact_bytes,
     )
     snapshot, changes = store.recover()
-    return OpenedStore(store, snapshot, changes)
+    return OpenedStore(store, snapshot, changes, digest)
 
 
 def _load_banks(bq_path: Path | None, bg_path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -195,21 +201,6 @@ def load_engine(settings: Settings, opened: OpenedStore | None = None) -> Engine
     opened = opened or open_store(settings)
     store, snapshot, changes = opened.store, opened.snapshot, opened.changes
     storage = np.dtype(settings.storage_dtype)
-    if snapshot is not None:  # stored as served: used bit for bit, never re-normalised
-        ids, metadata, gallery = snapshot.ids, snapshot.metadata, snapshot.embeddings
-        if gallery.shape[1] != banks.dim and len(ids):
-            raise DataError(f"{store.path}: snapshot of dimension {gallery.shape[1]}")
-        # float32 rows of a float16 gallery: exact, so this cast restores the served values
-        gallery = gallery.reshape(len(ids), banks.dim).astype(storage, copy=False)
-        log.info("loaded gallery snapshot", extra={"seq": snapshot.seq, "size": len(ids)})
-    else:
-        raw = load_embeddings(gallery_path, dtype=None)
-        ids = tuple(load_ids(ids_path, raw.shape[0]))
-        metadata = load_metadata(settings.gallery_metadata, ids)
-        gallery = _normalised(raw, gallery_path, banks.dim, storage)
-        del raw
-    loaded = time.perf_counter()
-
     norm = settings.norm_params()
     invgc = settings.invgc_params() if settings.invgc else None
     screening = settings.hub_screening()
@@ -224,13 +215,38 @@ def load_engine(settings: Settings, opened: OpenedStore | None = None) -> Engine
         banks_digest += hashlib.sha256(live.served.tobytes()).hexdigest()
     cache_dir = settings.data_dir / "cache"
 
-    def cache_key(embeddings: np.ndarray) -> str:
-        return cache.cache_key(content_digest(embeddings, banks_digest), params)
+    def cache_key(source_digest: str) -> str:
+        return cache.cache_key(source_digest + banks_digest, params)
 
-    key = cache_key(gallery)
+    def content_key(embeddings: np.ndarray) -> str:
+        return cache_key(content_digest(embeddings))
+
     prepared = None
-    if settings.cache:
-        prepared = cache.load(cache_dir, key, banks, norm, gallery)
+    if snapshot is not None:  # stored as served: used bit for bit, never re-normalised
+        ids, metadata, gallery = snapshot.ids, snapshot.metadata, snapshot.embeddings
+        if gallery.shape[1] != banks.dim and len(ids):
+            raise DataError(f"{store.path}: snapshot of dimension {gallery.shape[1]}")
+        # float32 rows of a float16 gallery: exact, so this cast restores the served values
+        gallery = gallery.reshape(len(ids), banks.dim).astype(storage, copy=False)
+        log.info("loaded gallery snapshot", extra={"seq": snapshot.seq, "size": len(ids)})
+        key = content_key(gallery)
+        if settings.cache:
+            prepared = cache.load(cache_dir, key, banks, norm, gallery)
+    else:  # keyed by the files' digest: a hit holds the file's rows as normalised, no re-read
+        key = cache_key(f"files:{opened.files_digest}")
+        if settings.cache:
+            prepared = cache.load(cache_dir, key, banks, norm)
+        if prepared is not None:
+            gallery = prepared.original.embeddings
+            ids = tuple(load_ids(ids_path, gallery.shape[0]))
+        else:
+            raw = load_embeddings(gallery_path, dtype=None)
+            ids = tuple(load_ids(ids_path, raw.shape[0]))
+            gallery = _normalised(raw, gallery_path, banks.dim, storage)
+            del raw
+        metadata = load_metadata(settings.gallery_metadata, ids)
+    loaded = time.perf_counter()
+
     from_cache = prepared is not None
     if prepared is None:
         pairs = gallery.shape[0] * sum(banks.sizes) * (2 if invgc else 1)
@@ -263,7 +279,7 @@ def load_engine(settings: Settings, opened: OpenedStore | None = None) -> Engine
     def cache_snapshot(state: GalleryState) -> None:
         """The next start loads this snapshot: store its precompute (the served views) now."""
         if settings.cache:
-            key = cache_key(state.original.embeddings)
+            key = content_key(state.original.embeddings)
             views = PreparedItems(state.original, state.adjusted)
             cache.save(cache_dir, key, views, engine.banks, norm)
             cache.keep_only(cache_dir, key)  # the entries of older galleries: never loaded again

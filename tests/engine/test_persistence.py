@@ -18,6 +18,7 @@ from service.engine import Engine
 from service.engine.changes import Upsert
 from service.engine.persistence import DB_NAME, GalleryStore
 from service.engine.startup import load_engine
+from service.io import load_embeddings
 from service.settings import Settings
 from tests.support.demo import DemoFiles, demo_queries, write_demo_slices
 
@@ -216,6 +217,35 @@ def test_a_change_that_cannot_be_logged_is_not_applied(
     assert engine.state is before
     monkeypatch.undo()
     _assert_same_engine(load_engine(settings), engine)
+
+
+def test_a_cached_start_from_the_files_takes_the_rows_from_the_entry(
+    settings: Settings,
+    files: DemoFiles,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Keyed by the files' digest, a hit never reads or normalises the gallery file again (at
+    1M rows that was most of a restart); a rewritten file is another store and another key."""
+    caplog.set_level(logging.INFO)
+    first = load_engine(settings)
+    import service.engine.startup as startup
+
+    def banks_only(path: Path, **kwargs: object) -> np.ndarray:
+        assert path != files.gallery, "a cached start read the gallery file"
+        return load_embeddings(path, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(startup, "load_embeddings", banks_only)
+        again = load_engine(settings)
+    _assert_same_engine(again, first)
+    np.save(files.gallery, np.load(files.gallery)[::-1])  # other rows: the entry is not theirs
+    reversed_rows = load_engine(settings)
+    assert [r.precompute_cached for r in _ready_records(caplog)] == [False, True, False]
+    assert reversed_rows.state.ids == first.state.ids
+    np.testing.assert_array_equal(
+        reversed_rows.state.original.embeddings, first.state.original.embeddings[::-1]
+    )
 
 
 @pytest.mark.parametrize("changed", [{"dbsn_tau": 0.02}, {"dbsn_iterations": 3}])
