@@ -13,9 +13,11 @@ import numpy as np
 from service.algorithms.blocks import (
     CHUNK_BYTES,
     DEFAULT_BLOCK_BYTES,
+    WIDEN_BYTES,
     block_rows,
     merge_topk,
     parallel_map,
+    product_with,
     row_blocks,
     topk_desc,
     work_dtype,
@@ -28,20 +30,13 @@ from service.algorithms.views import GalleryView
 
 def gallery_block_rows(embeddings: np.ndarray, m: int, budget: int = DEFAULT_BLOCK_BYTES) -> int:
     """Gallery rows per block for ``m`` queries: ``budget`` bytes of scores, and a float16
-    gallery's block widened to float32 within ``budget`` too (one query would otherwise widen
-    the whole gallery at once: 1.5 GB at 1M × 384, and seconds per query)."""
+    gallery's block at most :data:`WIDEN_BYTES` once widened to float32 (one query would
+    otherwise widen the whole gallery at once: 1.5 GB at 1M × 384, and seconds per query)."""
     work = work_dtype(embeddings.dtype)
     rows = block_rows(max(m, 1), work.itemsize, budget)
     if work != embeddings.dtype:
-        rows = min(rows, block_rows(embeddings.shape[1], work.itemsize, budget))
+        rows = min(rows, block_rows(embeddings.shape[1], work.itemsize, WIDEN_BYTES))
     return rows
-
-
-def widened(block: np.ndarray) -> np.ndarray:
-    """``block`` in its work dtype: a float16 block is widened explicitly before a product,
-    because numpy multiplies float32 by float16 without BLAS (measured 50–80× slower than
-    widening first and using BLAS); float32 blocks pass through uncopied."""
-    return block.astype(work_dtype(block.dtype), copy=False)
 
 
 def search_block_rows(view: GalleryView, m: int) -> int:
@@ -58,7 +53,7 @@ def top1_raw(
     best = np.full(m, -np.inf)
     arg = np.zeros(m, np.int64)
     for sl in row_blocks(embeddings.shape[0], gallery_block_rows(embeddings, m)):
-        sims = queries @ widened(embeddings[sl]).T
+        sims = product_with(queries, embeddings[sl])
         if live is not None:
             sims[:, ~live[sl]] = -np.inf
         blk_arg = sims.argmax(axis=1)
@@ -84,7 +79,7 @@ def plan_queries(
 def score_block(queries: np.ndarray, view: GalleryView, plan: QueryPlan, rows: slice) -> np.ndarray:
     """(m, B) ranking scores (without the per-query offsets) of the gallery rows ``rows``."""
     dtype = work_dtype(view.embeddings.dtype)
-    scores = queries @ widened(view.embeddings[rows]).T
+    scores = product_with(queries, view.embeddings[rows])
     if plan.weight != 1.0:
         scores *= plan.weight
     if np.any(plan.coefficients):
@@ -125,7 +120,7 @@ def search(
         if similarities is not None and sl == slice(0, view.size):
             sims = similarities
         else:
-            sims = queries @ widened(view.embeddings[sl]).T
+            sims = product_with(queries, view.embeddings[sl])
         bias = patterns.astype(sims.dtype) @ view.stats[sl].T if biased else None
         mask = None if allowed is None else allowed[sl]
         blk_idx, blk_val = _block_topk(sims, plan.weight, bias, pattern_of.ravel(), k, mask)

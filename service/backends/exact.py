@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from service.algorithms import QueryPlan, search, top1_raw
-from service.algorithms.scoring import search_block_rows, widened
+from service.algorithms.blocks import product_with
+from service.algorithms.scoring import search_block_rows
 from service.backends.base import Mask, Ranked, RawTop1, SearchBackend
 
 
@@ -23,7 +24,7 @@ class ExactBackend(SearchBackend):
         view = self.view
         if view.size > search_block_rows(view, queries.shape[0]):
             return RawTop1(top1_raw(queries, view.embeddings, view.live))
-        product = queries @ widened(view.embeddings).T  # one block (checked above)
+        product = product_with(queries, view.embeddings)  # one block (checked above)
         # tombstones are never a top-1; ``_ranked`` masks them too, so the product stays usable
         product[:, view.dead_rows] = -np.inf
         return RawTop1(product.argmax(axis=1), product)

@@ -85,12 +85,49 @@ def test_a_float16_gallery_is_widened_one_bounded_block_at_a_time():
     """One query against a large float16 gallery: the float32 copy of each block stays within
     the block budget (it used to be the whole gallery: 1.5 GB at 1M × 384, ~1 min per query on
     a loaded machine); float32 blocks, which are views, keep the scores-only bound."""
-    from service.algorithms.blocks import block_rows
+    from service.algorithms.blocks import WIDEN_BYTES, block_rows
     from service.algorithms.scoring import gallery_block_rows
 
     budget = 32 << 20
     half = np.empty((1_000_000, 384), np.float16)
-    assert gallery_block_rows(half, 1, budget) * 384 * 4 <= budget
+    assert gallery_block_rows(half, 1, budget) * 384 * 4 <= WIDEN_BYTES
     assert gallery_block_rows(half, 4096, budget) == block_rows(4096, 4, budget)
     single = np.empty((1_000_000, 384), np.float32)
     assert gallery_block_rows(single, 1, budget) == block_rows(1, 4, budget)
+
+
+def test_the_widening_kernel_gives_every_float16_value_exactly():
+    """All 65,536 bit patterns: finite values (subnormals, ±0) and ±inf bit for bit as numpy's
+    cast, NaN stays NaN; strided and empty blocks too."""
+    from service.algorithms.fused import widen_half
+
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    got, want = widen_half(every), every.astype(np.float32)
+    nan = np.isnan(want)
+    assert np.array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+    assert np.isnan(got[nan]).all()
+    grid = every[~np.isnan(every)][: 96 * 40].reshape(96, 40)
+    assert np.array_equal(widen_half(grid[::3, 1::2]), grid[::3, 1::2].astype(np.float32))
+    assert widen_half(grid[:0]).shape == (0, 40)
+
+
+def test_products_with_float16_blocks_reuse_a_buffer_per_thread_and_stay_exact():
+    """Blocks of changing shapes on several threads at once: each product equals the float64
+    product of the stored values within the float32 bound (a buffer shared between threads, or
+    one left too small, would show here)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.algorithms.blocks import product_with
+
+    rng = np.random.default_rng(4)
+    queries = rng.normal(size=(3, D)).astype(np.float32)
+    blocks = [rng.normal(size=(int(r), D)).astype(np.float16) for r in rng.integers(1, 300, 64)]
+
+    def check(block: np.ndarray) -> bool:
+        want = queries.astype(np.float64) @ block.astype(np.float64).T
+        got = product_with(queries, block)
+        scale = np.abs(queries).astype(np.float64) @ np.abs(block.astype(np.float64)).T
+        return got.dtype == np.float32 and bool(np.all(np.abs(got - want) <= D * 1.2e-7 * scale))
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(check, blocks))
