@@ -96,8 +96,11 @@ def compare(
     queries: np.ndarray,
     indexes: dict[str, Callable[[GalleryView, tuple[str, ...]], SearchBackend]],
     quick: bool,
+    variants: dict[str, Callable[[SearchBackend], None]] | None = None,
 ) -> list[Row]:
-    """Recall@10 of each index for every method, build time, and batch-64 search time."""
+    """Recall@10 of each index for every method, build time, and batch-64 search time.
+    ``variants``: search-time settings tried on each index as built (name suffix → a function
+    that applies them), e.g. a sweep of HNSW's efSearch without a rebuild per value."""
     ids = tuple(map(str, range(view.size)))
     exact = ExactBackend(view, ids)
     truth = {method: top_rows(exact, queries, method) for method in METHODS}
@@ -107,35 +110,38 @@ def compare(
     rows = []
     for name, make in indexes.items():
         backend, build = _timed_build(lambda make=make: make(view, ids))
-        recalls = {
-            method: recall(top_rows(backend, queries, method), truth[method]) for method in METHODS
-        }
-        worst = min(recalls, key=recalls.get)
-        rows.append(
-            Row(
-                SECTION,
-                f"{name} recall@10, worst method, {label}",
-                recalls[worst],
-                "",
-                0.95,
-                higher_is_better=True,
-                detail=", ".join(f"{m} {r:.3f}" for m, r in recalls.items()),
+        for suffix, apply in (variants or {"": lambda backend: None}).items():
+            apply(backend)
+            recalls = {
+                method: recall(top_rows(backend, queries, method), truth[method])
+                for method in METHODS
+            }
+            worst = min(recalls, key=recalls.get)
+            rows.append(
+                Row(
+                    SECTION,
+                    f"{name}{suffix} recall@10, worst method, {label}",
+                    recalls[worst],
+                    "",
+                    0.95,
+                    higher_is_better=True,
+                    detail=", ".join(f"{m} {r:.3f}" for m, r in recalls.items()),
+                )
             )
-        )
-        search = best_time(lambda b=backend: top_rows(b, batch, "dualis"), **timing)
-        rows.append(
-            Row(
-                SECTION,
-                f"{name} build and dualis batch-64 search, {label}",
-                build,
-                "s",
-                detail=(
-                    f"build {build:.1f} s ({view.size / build:,.0f} items/s); search "
-                    f"{search * 1e3:.3g} ms vs exact {exact_time * 1e3:.3g} ms "
-                    f"({exact_time / search:.2g}× faster)"
-                ),
+            search = best_time(lambda b=backend: top_rows(b, batch, "dualis"), **timing)
+            rows.append(
+                Row(
+                    SECTION,
+                    f"{name}{suffix} build and dualis batch-64 search, {label}",
+                    build,
+                    "s",
+                    detail=(
+                        f"build {build:.1f} s ({view.size / build:,.0f} items/s); search "
+                        f"{search * 1e3:.3g} ms vs exact {exact_time * 1e3:.3g} ms "
+                        f"({exact_time / search:.2g}× faster)"
+                    ),
+                )
             )
-        )
     return rows
 
 

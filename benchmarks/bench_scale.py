@@ -15,7 +15,8 @@ float16; banks 2 × 2,000 real vectors (as bench_ann at 1M), 200 real queries. P
 - ``ivf``, ``hnsw``: recall@10 of every method against exact, build time, batch-64 latency
   (bench_ann's ``compare``).
 
-``HUBLESS_BENCH_SCALE_N`` changes the size (default 1,000,000), ``HUBLESS_BENCH_SCALE_BANK``
+``HUBLESS_BENCH_SCALE_EF`` lists HNSW search beams to sweep on the one built index (default
+128). ``HUBLESS_BENCH_SCALE_N`` changes the size (default 1,000,000), ``HUBLESS_BENCH_SCALE_BANK``
 the rows taken from each bank (default 2,000; the precompute at 1M costs n × their sum).
 """
 
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,7 +37,7 @@ import numpy as np
 from benchmarks.bench_ann import NORM, ROOT, K, compare, jittered, real_data, top_rows
 from benchmarks.common import Row, best_time, table
 from service.algorithms import Banks, GalleryView, prepare_items
-from service.backends import ExactBackend
+from service.backends import ExactBackend, SearchBackend
 from service.backends.faiss import FaissBackend, HnswSettings, IvfSettings
 
 SECTION = "scale"
@@ -215,15 +217,31 @@ def measure(quick: bool) -> list[Row]:
     del gallery  # the view holds the same float16 rows
     indexes = {
         "ivf": ("IVF (4√n lists, nprobe=128)", {"index": "ivf", "ivf": IvfSettings()}),
-        "hnsw": ("HNSW (m=32, efC=200, ef=128)", {"index": "hnsw", "hnsw": HnswSettings()}),
+        "hnsw": ("HNSW (m=32, efC=200", {"index": "hnsw", "hnsw": HnswSettings()}),
     }
+    variants = {"ivf": None, "hnsw": {f", ef={ef})": _ef_search(ef) for ef in ef_sweep()}}
     for part in ("ivf", "hnsw"):  # one at a time: the IVF rows survive a failed HNSW build
         if part in chosen:
             name, options = indexes[part]
             make = {name: lambda v, ids, o=options: FaissBackend(v, ids, **o)}
-            found = compare(label, view, queries, make, quick)
+            found = compare(label, view, queries, make, quick, variants[part])
             rows += _progress([replace(row, section=SECTION) for row in found])
     return rows
+
+
+def ef_sweep() -> tuple[int, ...]:
+    """HNSW's search beams to try on the one built index (``HUBLESS_BENCH_SCALE_EF``, space
+    separated; default the service's)."""
+    chosen = os.environ.get("HUBLESS_BENCH_SCALE_EF", str(HnswSettings().ef_search))
+    return tuple(int(ef) for ef in chosen.split())
+
+
+def _ef_search(ef: int) -> Callable[[SearchBackend], None]:
+    def apply(backend: SearchBackend) -> None:
+        assert isinstance(backend, FaissBackend)
+        backend.hnsw = replace(backend.hnsw, ef_search=ef)  # a search-time setting
+
+    return apply
 
 
 if __name__ == "__main__":  # one part alone, e.g. the long HNSW build in the background

@@ -5,6 +5,8 @@ Logs what it did and how long each step took. The result is a ready :class:`Engi
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import json
 import logging
@@ -54,6 +56,14 @@ def _normalised(raw: np.ndarray, path: Path, dim: int, storage: np.dtype) -> np.
             _checked(raw.astype(np.float32), path, dim=dim)
             raise
     return out
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap the startup freed (file parsing, the id list, temporaries) back to the
+    OS: glibc keeps it otherwise, 20-30 MB at 1M items, counted in RSS for the process's
+    lifetime. A no-op where the C library has no ``malloc_trim``."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def _no_constant(name: str) -> None:
@@ -291,6 +301,7 @@ def load_engine(settings: Settings, opened: OpenedStore | None = None) -> Engine
         except StorageError as exc:  # the log still holds everything: serve, compact later
             log.warning("compaction at startup failed", extra={"error": str(exc)})
     engine.live_bank = live
+    _return_freed_memory()
     log.info(
         "engine ready",
         extra={
