@@ -218,18 +218,17 @@ class BankTopK:
         batch has a row above the floor for are merged; the floor rises to the best rank that
         no longer fits (and to the batch's floor: its unstored rows are below that)."""
         assert self.floor is not None and batch.floor is not None
-        b_idx, b_sim = batch._stored()
-        if b_idx.shape[1] == 0:
+        if batch.idx.shape[1] == 0:  # an empty batch (its best rank leads its stored ranks)
             return self
-        changed = np.flatnonzero((b_sim[:, 0] > self.floor) | (self.idx.shape[1] < self.k))
+        changed = np.flatnonzero((batch.sim[:, 0] > self.floor) | (self.idx.shape[1] < self.k))
         if not changed.size:
             return self
-        mine_idx, mine_sim = self._stored()
+        # only the bank items that change are gathered: a one-item batch changes a few
+        mine_idx, mine_sim = self._stored(changed)
+        b_idx, b_sim = batch._stored(changed)
         width = self.k + spare_width(self.k)
-        b_idx = np.where(b_idx[changed] >= 0, b_idx[changed] + first_row, -1)
-        idx, sim = merge_topk(
-            mine_idx[changed], mine_sim[changed], b_idx, b_sim[changed], width + 1
-        )
+        b_idx = np.where(b_idx >= 0, b_idx + first_row, -1)
+        idx, sim = merge_topk(mine_idx, mine_sim, b_idx, b_sim, width + 1)
         floor = np.maximum(self.floor[changed], batch.floor[changed])
         if sim.shape[1] > width:  # the first rank left out bounds every unstored row
             floor = np.maximum(floor, sim[:, width])
