@@ -89,14 +89,18 @@ FEW_ROWS = 16
 def bank_product(items: np.ndarray, bank: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``items @ bank.T`` (B, N), both of one dtype, into ``out`` if given (a reused buffer).
 
-    A few rows (one-item gallery changes) are computed by numpy's own single-threaded loop, one
-    row at a time, not by BLAS: OpenBLAS splits even a one-row product over all its threads and
-    waits for each to get a core, which on two cores shared with other work took 17 ms (p50)
-    for 1 × 384 · 384 × 10k, numpy's loop 0.7 ms. Larger blocks are BLAS's."""
+    A few rows (one-item gallery changes) are computed on this thread, not by BLAS: OpenBLAS
+    splits even a one-row product over all its threads and waits for each to get a core, which
+    on two cores shared with other work took 17 ms (p50) for 1 × 384 · 384 × 10k against
+    0.7 ms on one thread. float32 rows go to the fused kernel (:func:`fused.few_rows_product`),
+    others to numpy's loop row by row. Larger blocks are BLAS's."""
     if items.shape[0] > FEW_ROWS:
         return np.matmul(items, bank.T, out=out)
     if out is None:
         out = np.empty((items.shape[0], bank.shape[0]), np.result_type(items, bank))
+    if items.dtype == bank.dtype == out.dtype == np.float32 and out.flags.c_contiguous:
+        fused.few_rows_product(np.ascontiguousarray(items), np.ascontiguousarray(bank), out)
+        return out
     for row, target in zip(items, out, strict=True):
         np.einsum("d,nd->n", row, bank, out=target)
     return out
