@@ -473,3 +473,43 @@ def few_rows_product(items: np.ndarray, bank: np.ndarray, out: np.ndarray) -> No
             for t in range(zero, ud):
                 s0 += a[t] * b0[t]
             out[i, j] = s0
+
+
+#: Columns per group in :func:`above_floor`'s vectorised test.
+_GROUP = 64
+
+
+@nb.njit(nogil=True, fastmath=True, cache=_CACHE)
+def above_floor(
+    sims: np.ndarray, floor: np.ndarray, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray
+) -> int:
+    """The entries of ``sims`` (B, N) float32 strictly above their column's ``floor`` (N,)
+    (finite: −inf replaced by the lowest float32), written to ``rows``/``cols``/``vals`` in
+    row-major order; returns their count, or −1 when there are more than ``rows.size``.
+
+    One vectorised pass per group of :data:`_GROUP` columns (the largest ``s − floor``; a
+    difference of floats is positive exactly when the first is larger), and a scalar pass only
+    over the groups that hold a candidate: after the first blocks of a bank scan, a column's
+    k-th best is rarely beaten, so most groups are skipped."""
+    b, n = sims.shape
+    un = np.uint64(n)
+    group = np.uint64(_GROUP)
+    cap = rows.size
+    count = 0
+    for i in range(b):
+        s = sims[i]
+        for start in range(np.uint64(0), un, group):
+            stop = min(start + group, un)
+            best = s[start] - floor[start]
+            for j in range(start, stop):
+                best = _fmax(best, s[j] - floor[j])
+            if best > _ZERO:
+                for j in range(start, stop):
+                    if s[j] > floor[j]:
+                        if count == cap:
+                            return -1
+                        rows[count] = i
+                        cols[count] = j
+                        vals[count] = s[j]
+                        count += 1
+    return count

@@ -422,10 +422,14 @@ class _BankTop:
         it (a tie keeps the earlier, lower row), and after the first blocks those are few
         (about k·B/rows seen per column), so one comparison pass replaces a partition of the
         whole block. The candidates are ranked per column and merged into those columns only."""
-        rows, cols = np.nonzero(sims > self.sim[:, -1])
+        found = self._candidates(sims)
+        if found is None:  # float64, or too many candidates for the kernel's buffers
+            rows, cols = np.nonzero(sims > self.sim[:, -1])
+            vals = sims[rows, cols]
+        else:
+            rows, cols, vals = found
         if not rows.size:
             return
-        vals = sims[rows, cols]
         order = np.lexsort((rows, -vals, cols))  # by column, best first, lower row on ties
         rows, cols, vals = rows[order], cols[order], vals[order]
         starts = np.flatnonzero(np.r_[True, cols[1:] != cols[:-1]])
@@ -440,6 +444,35 @@ class _BankTop:
         self.idx[touched], self.sim[touched] = merge_topk(
             self.idx[touched], self.sim[touched], cand_idx, cand_sim, self.k
         )
+
+    #: The share of a block's entries the kernel's candidate buffers hold (12 bytes each: 1/16
+    #: of a 64 MiB block is 12 MiB). A column's k-th best after r rows is beaten by about k/r of
+    #: the entries, so only the first blocks of a scan, above it, take the numpy path.
+    CANDIDATE_SHARE = 1 / 16
+
+    def _candidates(self, sims: np.ndarray) -> tuple[np.ndarray, ...] | None:
+        """(rows, cols, vals) of the entries above their column's k-th best, in row-major
+        order, found by :func:`fused.above_floor` in row parts on the block threads (numpy's
+        comparison, ``nonzero`` and gather took half of a 100k × 50k precompute); None for a
+        float64 block or one with more candidates than the buffers hold."""
+        if sims.dtype != np.float32 or not sims.flags.c_contiguous:
+            return None
+        floor = np.maximum(self.sim[:, -1], np.finfo(np.float32).min).astype(np.float32)
+
+        def run(part: slice) -> tuple[np.ndarray, ...] | None:
+            cap = int((part.stop - part.start) * sims.shape[1] * self.CANDIDATE_SHARE)
+            rows, cols = np.empty(cap, np.int32), np.empty(cap, np.int32)
+            vals = np.empty(cap, np.float32)
+            count = fused.above_floor(sims[part], floor, rows, cols, vals)
+            if count < 0:
+                return None
+            return rows[:count] + part.start, cols[:count], vals[:count]
+
+        b = sims.shape[0]
+        found = parallel_map(run, row_blocks(b, max(1, -(-b // FUSED_PARTS))))
+        if any(part is None for part in found):
+            return None
+        return tuple(np.concatenate([part[n] for part in found]) for n in range(3))  # type: ignore[index]
 
     def _update_best(self, sims: np.ndarray, first_row: int) -> None:
         """k = 1: a column maximum (one cache-friendly pass); the argmax only where it improves."""

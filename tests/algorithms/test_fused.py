@@ -203,3 +203,53 @@ def test_column_lse_of_parts_in_any_order_matches_float64(columns):
     np.testing.assert_allclose(acc64.result(), want, rtol=0, atol=1e-12)
     top = float(np.abs(x).max())
     np.testing.assert_allclose(acc32.result(), want, rtol=0, atol=(3 * top + tau * 100) * EPS)
+
+
+@given(
+    seed=seeds,
+    n=st.integers(1, 40),
+    k=st.integers(2, 6),
+    rows=st.sampled_from([1, 3, 7, None]),
+    share=st.sampled_from([0, 0.02, 1]),
+)
+@PROPERTY
+def test_bank_top_k_candidates_from_the_kernel_match_naive(seed, n, k, rows, share):
+    """float32 blocks find their candidates above each column's k-th best with
+    ``fused.above_floor`` (buffers for ``share`` of a block's entries: 0 and 0.02 overflow, so
+    the numpy path takes over for those blocks): each bank item's top-k equals the naive one,
+    lower row first on ties. Entries in {-1, -½, 0, ½, 1}: every similarity is exact, ties are
+    real ties; 70 columns cross a group of 64."""
+    from service.algorithms.scan import _BankTop
+
+    rng = np.random.default_rng(seed)
+    items = (rng.integers(-2, 3, (n, 4)) / 2).astype(np.float32)
+    bank = (rng.integers(-2, 3, (70, 4)) / 2).astype(np.float32)
+    before = _BankTop.CANDIDATE_SHARE
+    _BankTop.CANDIDATE_SHARE = share
+    try:
+        scan = scan_bank(items, bank, bank_topk=k, rows=rows)
+    finally:
+        _BankTop.CANDIDATE_SHARE = before
+    s = items.astype(np.float64) @ bank.T.astype(np.float64)
+    for b in range(len(bank)):
+        order = ref.order_desc(s[:, b])[:k]
+        assert scan.bank_top_idx[b].tolist() == order
+        assert scan.bank_top_sim[b].tolist() == s[order, b].tolist()
+
+
+def test_above_floor_finds_exactly_the_entries_above_their_column_floor():
+    rng = np.random.default_rng(2)
+    sims = rng.normal(size=(33, 150)).astype(np.float32)
+    floor = rng.normal(size=150).astype(np.float32)
+    floor[::7] = np.finfo(np.float32).min  # "no k-th best yet": every entry
+    cap = sims.size
+    rows, cols = np.empty(cap, np.int32), np.empty(cap, np.int32)
+    vals = np.empty(cap, np.float32)
+    count = fused.above_floor(sims, floor, rows, cols, vals)
+    want_rows, want_cols = np.nonzero(sims > floor)
+    assert count == want_rows.size
+    assert rows[:count].tolist() == want_rows.tolist()
+    assert cols[:count].tolist() == want_cols.tolist()
+    assert vals[:count].tolist() == sims[want_rows, want_cols].tolist()
+    small = np.empty(count - 1, np.int32)
+    assert fused.above_floor(sims, floor, small, small, small.astype(np.float32)) == -1
