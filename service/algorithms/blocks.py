@@ -24,6 +24,9 @@ DEFAULT_BLOCK_BYTES = 64 * 1024 * 1024
 #: Memory a float16 block may take once widened to float32 (each thread reuses one buffer of
 #: this size: small enough to stay in the CPU cache between the widening and the product).
 WIDEN_BYTES = 8 * 1024 * 1024
+#: Blocks of at most this many entries are reduced on the calling thread: below about a
+#: millisecond of work, handing parts to the pool costs more than it saves.
+INLINE_ENTRIES = 1 << 20
 #: Memory one reduction chunk may take: a few passes over it stay in the CPU cache.
 CHUNK_BYTES = 1024 * 1024
 #: Parts a block is split into for the fused kernels (service/algorithms/fused.py), which read
@@ -127,6 +130,8 @@ def _topk_of_negated(neg: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     k = min(k, n)
     if k == 0:
         return np.empty((m, 0), np.int64), np.empty((m, 0), neg.dtype)
+    if n == 1:  # one entry a row (a one-item batch's bank top-k): nothing to rank
+        return np.zeros((m, 1), np.int64), np.negative(neg)
     if k < n:
         part = np.argpartition(neg, k - 1, axis=1)[:, :k]
         _lowest_index_ties(neg, part)

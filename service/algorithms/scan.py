@@ -30,6 +30,7 @@ from service.algorithms.blocks import (
     _EXP_PATH_MAX_MEAN,
     CHUNK_BYTES,
     FUSED_PARTS,
+    INLINE_ENTRIES,
     bank_product,
     block_rows,
     log_mean_exp,
@@ -332,8 +333,11 @@ def scan_bank(
             return col
 
         # fused: a few large parts (the kernel works row by row in cache), each with its own
-        # column maxima; numpy: cache-sized chunks, each pass over a chunk then stays in cache
-        parts = row_blocks(b, -(-b // FUSED_PARTS) if fuse else chunk)
+        # column maxima; numpy: cache-sized chunks, each pass over a chunk then stays in cache;
+        # a small block (a gallery change's few rows) in one part on this thread: handing it
+        # to the pool cost more than the work, waiting for cores that requests share
+        spread = -(-b // FUSED_PARTS) if fuse else chunk
+        parts = row_blocks(b, b if b * N <= INLINE_ENTRIES else spread)
         cols = parallel_map(reduce_part, parts)
         if out.neighbour_sum is not None:
             out.neighbour_sum[sl] = _sparse_rows(near_idx, near_val, N).tocsc() @ bank
