@@ -18,6 +18,7 @@ from service.engine import Engine
 from service.engine.changes import Upsert
 from service.engine.persistence import DB_NAME, GalleryStore
 from service.engine.startup import load_engine
+from service.engine.state import GalleryState
 from service.io import load_embeddings
 from service.settings import Settings
 from tests.support.demo import DemoFiles, demo_queries, write_demo_slices
@@ -52,14 +53,20 @@ def _changes(engine: Engine, files: DemoFiles) -> list[int]:
     ]
 
 
+def _live_rows(state: GalleryState) -> np.ndarray:
+    view = state.original
+    return view.embeddings if view.live is None else view.embeddings[view.live]
+
+
 def _assert_same_engine(actual: Engine, expected: Engine) -> None:
     """Same version, ids, metadata and embeddings, and the same answers for every method."""
     a, e = actual.state, expected.state
     assert a.version == e.version
     assert a.ids == e.ids
     assert [dict(m) if m else m for m in a.metadata] == [dict(m) if m else m for m in e.metadata]
-    # stored as served and never re-normalised: bit for bit
-    np.testing.assert_array_equal(a.original.embeddings, e.original.embeddings)
+    # stored as served and never re-normalised: bit for bit (the live rows: a background drop
+    # of dead rows may have run in one engine and not yet in the other)
+    np.testing.assert_array_equal(_live_rows(a), _live_rows(e))
     queries = _unit(demo_queries(10)[0])
     for method in METHODS:
         for invgc in (False, True):
