@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from service.algorithms.blocks import block_rows, row_blocks, work_dtype
+from service.algorithms.blocks import block_rows, row_blocks, widened, work_dtype
 
 
 def k_occurrence(topk_rows: np.ndarray, n: int) -> np.ndarray:
@@ -206,10 +206,10 @@ def degeneration(gallery: np.ndarray, *, sample: int | None = None, seed: int = 
         columns = list(row_blocks(n, block_rows(gallery.shape[1], work.itemsize)))
     for sl in row_blocks(rows.size, block_rows(min(n, columns[0].stop), work.itemsize)):
         items = rows[sl]
-        block = gallery[items].astype(work, copy=False)
+        block = widened(gallery[items])
         best = np.full(items.size, -np.inf)
         for cols in columns:
-            sims = block @ gallery[cols].astype(work, copy=False).T
+            sims = block @ widened(gallery[cols]).T
             own = np.flatnonzero((items >= cols.start) & (items < cols.stop))
             sims[own, items[own] - cols.start] = -np.inf  # never the item itself
             best = np.maximum(best, sims.max(axis=1))

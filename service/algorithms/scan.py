@@ -38,6 +38,7 @@ from service.algorithms.blocks import (
     parallel_map,
     row_blocks,
     topk_desc,
+    widened,
     work_dtype,
 )
 from service.algorithms.sinkhorn import DbsnWeights, dbsn_row_stat
@@ -318,7 +319,7 @@ def scan_bank(
     for sl in row_blocks(n, rows):
         b = sl.stop - sl.start
         # (B, N) into the block buffer; BLAS reads bankᵀ in place
-        sims = bank_product(items[sl].astype(dtype, copy=False), bank, out=buffer[:b])
+        sims = bank_product(widened(items[sl]).astype(dtype, copy=False), bank, out=buffer[:b])
         near_idx = np.empty((b, near_k), np.int64)
         near_val = np.empty((b, near_k), dtype)
 
@@ -476,7 +477,7 @@ class _BankTop:
         found = parallel_map(run, row_blocks(b, max(1, -(-b // FUSED_PARTS))))
         if any(part is None for part in found):
             return None
-        return tuple(np.concatenate([part[n] for part in found]) for n in range(3))  # type: ignore[index]
+        return tuple(map(np.concatenate, zip(*found, strict=True)))
 
     def _update_best(self, sims: np.ndarray, first_row: int) -> None:
         """k = 1: a column maximum (one cache-friendly pass); the argmax only where it improves."""

@@ -33,7 +33,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.algorithms.blocks import block_rows, merge_topk, row_blocks, topk_desc, work_dtype
+from service.algorithms.blocks import (
+    block_rows,
+    merge_topk,
+    row_blocks,
+    topk_desc,
+    widened,
+    work_dtype,
+)
 from service.algorithms.params import check_params, param
 from service.algorithms.scan import BankScan, scan_bank
 from service.algorithms.sinkhorn import DbsnWeights, sinkhorn_log_v
@@ -338,7 +345,7 @@ def live_topk(
     work = work_dtype(gallery.dtype)
     bank = bank.astype(work, copy=False)
     for sl in row_blocks(gallery.shape[0], block_rows(max(1, len(bank)), work.itemsize)):
-        block = gallery[sl].astype(work, copy=False) @ bank.T  # (B, N) as the scan computes it
+        block = widened(gallery[sl]) @ bank.T  # (B, N) as the scan computes it
         block[~live[sl]] = -np.inf
         blk_idx, blk_sim = topk_desc(np.ascontiguousarray(block.T), k)
         idx, sim = merge_topk(idx, sim, blk_idx + sl.start, blk_sim.astype(dtype), k)
